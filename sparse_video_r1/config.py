@@ -1,0 +1,80 @@
+"""Every knob of the frame-request dialogue and its reward, in one place.
+
+The same dataclasses configure training (read from the hydra key ``sparse_video``), evaluation and
+the demo, so a result can always be reported next to the exact settings that produced it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+_T = TypeVar("_T")
+
+#: Qwen2.5-VL merges 2x2 patches of 14 px, so image sides are multiples of 28.
+IMAGE_FACTOR = 28
+
+
+@dataclass(frozen=True)
+class DialogueConfig:
+    """Limits of one adaptive-frame dialogue.
+
+    ``max_frames_per_request`` and ``max_total_frames`` bound GPU memory and vLLM's
+    ``limit_mm_per_prompt`` (size it with :meth:`max_images_per_prompt`); ``max_pixels`` caps every
+    frame so native-resolution video never reaches the vision tower.
+    """
+
+    initial_frames: int = 4
+    max_frames_per_request: int = 4
+    max_total_frames: int = 16
+    max_turns: int = 4
+    min_pixels: int = 16 * IMAGE_FACTOR * IMAGE_FACTOR
+    max_pixels: int = 128 * IMAGE_FACTOR * IMAGE_FACTOR
+    max_tokens_per_turn: int = 512
+    decode_timeout_s: float = 30.0
+    max_open_videos: int = 16
+    decode_workers: int = 8
+
+    def __post_init__(self) -> None:
+        if self.initial_frames < 1:
+            raise ValueError(f"initial_frames must be >= 1, got {self.initial_frames}")
+        if self.max_total_frames < self.initial_frames:
+            raise ValueError(
+                f"max_total_frames ({self.max_total_frames}) < initial_frames ({self.initial_frames})"
+            )
+        if self.max_frames_per_request < 0 or self.max_turns < 1:
+            raise ValueError("max_frames_per_request must be >= 0 and max_turns >= 1")
+        if not 0 < self.min_pixels <= self.max_pixels:
+            raise ValueError(f"need 0 < min_pixels <= max_pixels, got {self.min_pixels}, {self.max_pixels}")
+        if self.decode_timeout_s <= 0:
+            raise ValueError(f"decode_timeout_s must be > 0, got {self.decode_timeout_s}")
+
+    @property
+    def allows_requests(self) -> bool:
+        """False for the uniform-frame baseline: one turn, answer from the initial frames."""
+        return self.max_turns > 1 and self.max_frames_per_request > 0 and self.max_total_frames > self.initial_frames
+
+    def max_images_per_prompt(self) -> int:
+        """The value for vLLM's ``limit_mm_per_prompt`` / verl's ``rollout.limit_images``."""
+        return self.max_total_frames
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    """Weights of the reward terms: ``score = accuracy_weight*acc + format_weight*fmt - frame_cost*frames``."""
+
+    accuracy_weight: float = 1.0
+    format_weight: float = 0.1
+    frame_cost: float = 0.0
+
+
+def from_mapping(cls: type[_T], values: Mapping[str, Any] | None) -> _T:
+    """Build a config dataclass from a (hydra/OmegaConf) mapping, rejecting unknown keys by name."""
+    values = dict(values or {})
+    known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} keys {unknown}; known keys: {sorted(known)}")
+    return cls(**values)
