@@ -78,3 +78,7 @@ def from_mapping(cls: type[_T], values: Mapping[str, Any] | None) -> _T:
     if unknown:
         raise ValueError(f"unknown {cls.__name__} keys {unknown}; known keys: {sorted(known)}")
     return cls(**values)
+
+
+#: The ``agent_name`` that preprocessed rows carry and ``configs/agent_loops.yaml`` registers.
+AGENT_NAME = "sparse_video_agent"
