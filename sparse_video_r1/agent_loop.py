@@ -1,0 +1,207 @@
+"""verl agent loop: the model asks for frames, we show them, and verl trains on the whole dialogue.
+
+Every assistant turn stays in the token stream with ``response_mask`` 1, each one conditioned on exactly
+the frames shown before it; the environment's turns (frames and notes) get ``response_mask`` 0. Tokens are
+never re-templated: verl's Continuous Token helpers append each turn to the running ids, as verl's
+``ToolAgentLoop`` does for images returned by tools.
+
+Registered for verl through ``configs/agent_loops.yaml`` (``_target_: sparse_video_r1.agent_loop.
+SparseVideoAgentLoop``) under :data:`~sparse_video_r1.config.AGENT_NAME`; the dialogue settings come from
+the trainer config key ``sparse_video`` (see :class:`~sparse_video_r1.config.DialogueConfig`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+from uuid import uuid4
+
+from PIL import Image
+from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopMetrics, AgentLoopOutput
+
+from sparse_video_r1.config import DialogueConfig, from_mapping
+from sparse_video_r1.dialogue import Episode, Observation, StopReason, VideoQA
+from sparse_video_r1.frames import DecodeTimeoutError, FrameSampler, TimedFrame, VideoError
+
+logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+#: Room kept for a final short answer turn when deciding whether another observation still fits.
+ANSWER_ROOM_TOKENS = 32
+
+
+@functools.lru_cache(maxsize=4)
+def shared_environment(config: DialogueConfig) -> tuple[FrameSampler, ThreadPoolExecutor]:
+    """One frame sampler and decode pool per worker process.
+
+    verl builds a new agent loop object for every sample, so open videos and decode threads must live
+    at process level to be reused across samples and bounded in number.
+    """
+    pool = ThreadPoolExecutor(max_workers=config.decode_workers, thread_name_prefix="svr1-decode")
+    return FrameSampler.from_config(config), pool
+
+
+@dataclass
+class _Tokens:
+    """The running token stream of one dialogue, as verl's Continuous Token helpers maintain it."""
+
+    ids: list[int] = field(default_factory=list)
+    response_mask: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    images: list[Image.Image] = field(default_factory=list)
+
+
+class SparseVideoAgentLoop(AgentLoopBase):
+    """Multi-turn adaptive-frame dialogue over one video question."""
+
+    def __init__(self, *args: Any, dialogue: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        settings = dialogue if dialogue is not None else self.config.get("sparse_video", None)
+        self.dialogue = from_mapping(DialogueConfig, settings)
+        self.response_length: int = self.rollout_config.response_length
+        self.sampler, self.decode_pool = shared_environment(self.dialogue)
+        self.end_of_turn_ids = _end_of_turn_ids(self.tokenizer)
+
+    async def run(self, sampling_params: dict[str, Any], **kwargs: Any) -> AgentLoopOutput:
+        sample = VideoQA.from_extra_info(kwargs.get("extra_info") or {})
+        episode = Episode(sample, self.dialogue, self.sampler)
+        tokens = _Tokens()
+        timing = {"generate_sequences": 0.0, "tool_calls": 0.0}
+        try:
+            await self._play(episode, tokens, sampling_params, timing)
+        except DecodeTimeoutError as error:
+            logger.warning("sample %s: %s", sample.qid, error)
+            episode.stop(StopReason.DECODE_TIMEOUT)
+        except VideoError as error:
+            logger.warning("sample %s: %s", sample.qid, error)
+            episode.stop(StopReason.VIDEO_ERROR)
+        except Exception:
+            logger.exception("sample %s (%s) failed; it is kept with stop_reason=error", sample.qid, sample.video_path)
+            episode.stop(StopReason.ERROR)
+        if not tokens.ids:
+            await self._open_without_video(episode, tokens)
+        return self._output(episode, tokens, timing)
+
+    async def _play(
+        self, episode: Episode, tokens: _Tokens, sampling_params: dict[str, Any], timing: dict[str, float]
+    ) -> None:
+        messages = await self._in_pool(timing, episode.start)
+        self._assert_mm_supported(True)
+        tokens.images = episode.images
+        tokens.ids = await self.ct_build_initial_tokens(messages, images=tokens.images)
+        tokens.messages = messages
+        request_id = uuid4().hex
+        while not episode.done:
+            room = self.response_length - len(tokens.response_mask)
+            params = {**sampling_params, "max_tokens": min(self.dialogue.max_tokens_per_turn, room)}
+            started = time.perf_counter()
+            output = await self.server_manager.generate(
+                request_id=request_id, prompt_ids=tokens.ids, sampling_params=params, image_data=list(tokens.images)
+            )
+            timing["generate_sequences"] += time.perf_counter() - started
+            await self._append_assistant(tokens, output.token_ids, output.log_probs)
+            text = self.tokenizer.decode(output.token_ids, skip_special_tokens=True)
+            tokens.messages = [*tokens.messages, {"role": "assistant", "content": text}]
+            if not output.token_ids or output.token_ids[-1] not in self.end_of_turn_ids:
+                episode.cut_off()
+                break
+            observation = await self._in_pool(timing, episode.step, text)
+            if observation is None:
+                break
+            if await self._append_observation(tokens, observation):
+                episode.show(observation)
+                tokens.images.extend(observation.images)
+            else:
+                episode.stop(StopReason.CONTEXT_LIMIT)
+
+    async def _append_assistant(self, tokens: _Tokens, token_ids: list[int], log_probs: list[float] | None) -> None:
+        keep_logprobs = bool(tokens.logprobs or log_probs)
+        merged, mask, logprobs = await self.ct_merge_assistant_token(
+            tokens.ids,
+            token_ids,
+            tokens.response_mask,
+            tokens.logprobs if keep_logprobs else None,
+            assistant_logprobs=log_probs or None,
+        )
+        tokens.ids, tokens.response_mask = merged.token_ids, mask
+        tokens.logprobs = logprobs or []
+
+    async def _append_observation(self, tokens: _Tokens, observation: Observation) -> bool:
+        """Append the user turn with the new frames; refuse (return False) if it would overflow the context.
+
+        A multimodal context is never truncated: cutting through image placeholders breaks the
+        image-feature alignment, so the dialogue ends instead.
+        """
+        updated = [*tokens.messages, observation.message]
+        merged, mask, logprobs = await self.ct_merge_context_msg(
+            tokens.messages, updated, tokens.ids, tokens.response_mask, tokens.logprobs or None
+        )
+        if len(mask) + ANSWER_ROOM_TOKENS > self.response_length:
+            return False
+        tokens.ids, tokens.response_mask, tokens.logprobs = merged.token_ids, mask, logprobs or []
+        tokens.messages = updated
+        return True
+
+    async def _open_without_video(self, episode: Episode, tokens: _Tokens) -> None:
+        """Give a sample whose video failed a valid, gradient-free prompt: one blank frame and the question.
+
+        Keeping one image keeps every sample of the batch multimodal, which verl's actor needs to
+        concatenate ``multi_modal_inputs`` across a micro-batch.
+        """
+        side = _blank_side(self.dialogue.min_pixels)
+        placeholder = TimedFrame(timestamp=0.0, index=0, image=Image.new("RGB", (side, side)))
+        tokens.messages = episode.opening_messages([placeholder])
+        tokens.images = [placeholder.image]
+        tokens.ids = await self.ct_build_initial_tokens(tokens.messages, images=tokens.images)
+
+    def _output(self, episode: Episode, tokens: _Tokens, timing: dict[str, float]) -> AgentLoopOutput:
+        response_mask = tokens.response_mask
+        if response_mask:
+            prompt_ids, response_ids = tokens.ids[: -len(response_mask)], tokens.ids[-len(response_mask) :]
+        else:
+            prompt_ids, response_ids, response_mask = tokens.ids, [self.tokenizer.pad_token_id], [0]
+        summary = episode.summary()
+        summary["env_seconds"] = timing["tool_calls"]
+        observations = sum(1 for message in tokens.messages[2:] if message["role"] == "user")
+        return AgentLoopOutput(
+            prompt_ids=prompt_ids,
+            response_ids=response_ids[: self.response_length],
+            response_mask=response_mask[: self.response_length],
+            response_logprobs=tokens.logprobs[: self.response_length] if tokens.logprobs else None,
+            multi_modal_data={"images": tokens.images},
+            num_turns=1 + episode.turns + observations,
+            metrics=AgentLoopMetrics(**timing),
+            extra_fields=summary,
+        )
+
+    async def _in_pool(self, timing: dict[str, float], fn: Callable[..., _T], *args: Any) -> _T:
+        """Run blocking environment work (decoding, resizing) off the event loop, timing it."""
+        started = time.perf_counter()
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.decode_pool, fn, *args)
+        finally:
+            timing["tool_calls"] += time.perf_counter() - started
+
+
+def _end_of_turn_ids(tokenizer: Any) -> frozenset[int]:
+    ids = {tokenizer.eos_token_id}
+    for token in ("<|im_end|>", "<|endoftext|>"):
+        token_id = tokenizer.convert_tokens_to_ids(token)
+        if isinstance(token_id, int) and token_id != tokenizer.unk_token_id:
+            ids.add(token_id)
+    return frozenset(i for i in ids if i is not None)
+
+
+def _blank_side(min_pixels: int) -> int:
+    side = 28
+    while side * side < min_pixels:
+        side += 28
+    return side

@@ -1,0 +1,251 @@
+"""The frame-request environment: one video question, the frames shown so far, and the rules of each turn.
+
+It knows nothing of tokens or models. The verl agent loop (training), evaluation and the demo all drive
+the same :class:`Episode`, so the dialogue has exactly one implementation.
+
+Outcomes of a model turn (the parser's own cases are documented in :mod:`sparse_video_r1.protocol`):
+
+=====================================  ==================================================================
+model turn                             outcome
+=====================================  ==================================================================
+valid answer                           dialogue ends, ``answered``
+invalid / ambiguous turn               dialogue ends, ``invalid_turn`` (the reward's format term is 0)
+frame request on the last turn         dialogue ends, ``max_turns``
+timestamps < 0 or past the end         clamped to the video, counted in ``clamped_timestamps``
+timestamps of frames already shown     dropped, counted in ``repeated_timestamps``; a note tells the model
+more than ``max_frames_per_request``   the earliest ones kept, the rest counted in ``over_budget_timestamps``
+request with no frame budget left      no frames, a note says the budget is spent (also over budget)
+a turn cut off by ``max_tokens``       dialogue ends, ``truncated`` (decided by the caller, who sees tokens)
+next turn would overflow the context   dialogue ends, ``context_limit`` (decided by the caller)
+video missing / unreadable / hangs     dialogue ends, ``video_error`` / ``decode_timeout``
+=====================================  ==================================================================
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from PIL import Image
+
+from sparse_video_r1 import protocol
+from sparse_video_r1.config import DialogueConfig
+from sparse_video_r1.frames import FrameSampler, TimedFrame, VideoInfo, frame_index, uniform_timestamps
+
+
+class StopReason(str, enum.Enum):
+    """Why a dialogue ended; recorded per sample and counted in rollout metrics."""
+
+    ANSWERED = "answered"
+    INVALID_TURN = "invalid_turn"
+    MAX_TURNS = "max_turns"
+    TRUNCATED = "truncated"
+    CONTEXT_LIMIT = "context_limit"
+    VIDEO_ERROR = "video_error"
+    DECODE_TIMEOUT = "decode_timeout"
+    ERROR = "error"
+
+
+@dataclass(frozen=True)
+class VideoQA:
+    """One multiple-choice question about one video, as the preprocessed rows' ``extra_info`` carries it."""
+
+    video_path: str
+    question: str
+    options: tuple[str, ...]
+    answer: str | None = None
+    qid: str = ""
+
+    @classmethod
+    def from_extra_info(cls, extra_info: Mapping[str, Any]) -> VideoQA:
+        missing = [key for key in ("video_path", "question", "options") if key not in extra_info]
+        if missing:
+            raise KeyError(f"extra_info of sample {extra_info.get('qid', '?')!r} lacks {missing}")
+        return cls(
+            video_path=str(extra_info["video_path"]),
+            question=str(extra_info["question"]),
+            options=tuple(str(option) for option in extra_info["options"]),
+            answer=extra_info.get("answer"),
+            qid=str(extra_info.get("qid", "")),
+        )
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What the environment shows after a frame request: a user message and the new frames in it."""
+
+    message: dict[str, Any]
+    frames: tuple[TimedFrame, ...]
+    requested: tuple[float, ...]
+    clamped: int = 0
+    repeated: int = 0
+    over_budget: int = 0
+
+    @property
+    def images(self) -> list[Image.Image]:
+        return [frame.image for frame in self.frames]
+
+
+@dataclass
+class Episode:
+    """State of one dialogue. ``start`` opens it; ``step`` judges a model turn; ``show`` commits frames."""
+
+    sample: VideoQA
+    config: DialogueConfig
+    sampler: FrameSampler
+    info: VideoInfo | None = None
+    frames: list[TimedFrame] = field(default_factory=list)
+    turns: int = 0
+    invalid_turns: int = 0
+    answer: str | None = None
+    stop_reason: StopReason | None = None
+    invalid_reason: str | None = None
+    requested_timestamps: list[float] = field(default_factory=list)
+    clamped_timestamps: int = 0
+    repeated_timestamps: int = 0
+    over_budget_timestamps: int = 0
+
+    @property
+    def done(self) -> bool:
+        return self.stop_reason is not None
+
+    @property
+    def images(self) -> list[Image.Image]:
+        """Every frame shown so far, in the order its image placeholder appears in the dialogue."""
+        return [frame.image for frame in self.frames]
+
+    @property
+    def frames_left(self) -> int:
+        return self.config.max_total_frames - len(self.frames)
+
+    @property
+    def turns_left(self) -> int:
+        return self.config.max_turns - self.turns
+
+    def start(self) -> list[dict[str, Any]]:
+        """Decode the initial uniform frames and return the opening ``[system, user]`` messages."""
+        self.info = self.sampler.info(self.sample.video_path)
+        timestamps = uniform_timestamps(self.info.duration, min(self.config.initial_frames, self.info.num_frames))
+        self.frames = self.sampler.fetch(self.sample.video_path, timestamps)
+        return self.opening_messages(self.frames)
+
+    def opening_messages(self, frames: list[TimedFrame]) -> list[dict[str, Any]]:
+        """The ``[system, user]`` messages showing ``frames``; also used with a placeholder if the video failed."""
+        content = protocol.initial_user_content(
+            question=self.sample.question,
+            options=self.sample.options,
+            duration=self.info.duration if self.info else 0.0,
+            frames=frames,
+            allows_requests=self.config.allows_requests,
+            frames_left=self.frames_left,
+            turns_left=self.turns_left,
+        )
+        system = protocol.system_prompt(
+            allows_requests=self.config.allows_requests,
+            max_frames_per_request=self.config.max_frames_per_request,
+            max_total_frames=self.config.max_total_frames,
+        )
+        return [{"role": "system", "content": system}, {"role": "user", "content": content}]
+
+    def step(self, text: str) -> Observation | None:
+        """Judge one assistant turn: end the dialogue (returns None) or return the frames it asked for."""
+        if self.info is None:
+            raise RuntimeError("Episode.step called before Episode.start")
+        self.turns += 1
+        turn = protocol.parse_turn(text, num_options=len(self.sample.options))
+        if isinstance(turn, protocol.Answer):
+            self.answer = turn.letter
+            self.stop(StopReason.ANSWERED)
+            return None
+        if isinstance(turn, protocol.Invalid):
+            self.invalid_turns += 1
+            self.invalid_reason = turn.reason
+            self.stop(StopReason.INVALID_TURN)
+            return None
+        if self.turns >= self.config.max_turns or not self.config.allows_requests:
+            self.stop(StopReason.MAX_TURNS)
+            return None
+        return self._observe(turn.timestamps)
+
+    def cut_off(self) -> None:
+        """The caller saw the turn hit ``max_tokens`` before its end-of-turn token: it counts, and ends."""
+        self.turns += 1
+        self.stop(StopReason.TRUNCATED)
+
+    def show(self, observation: Observation) -> None:
+        """Commit an observation once the caller has fitted it into the context."""
+        self.frames.extend(observation.frames)
+        self.requested_timestamps.extend(observation.requested)
+        self.clamped_timestamps += observation.clamped
+        self.repeated_timestamps += observation.repeated
+        self.over_budget_timestamps += observation.over_budget
+
+    def stop(self, reason: StopReason) -> None:
+        if self.stop_reason is None:
+            self.stop_reason = reason
+
+    def summary(self) -> dict[str, Any]:
+        """Per-sample fields for verl's ``extra_fields`` (the reward and the rollout dumps read them)."""
+        return {
+            "stop_reason": (self.stop_reason or StopReason.ERROR).value,
+            "answer": self.answer,
+            "frames_used": len(self.frames),
+            "assistant_turns": self.turns,
+            "invalid_turns": self.invalid_turns,
+            "invalid_reason": self.invalid_reason,
+            "requested_frames": len(self.frames) - min(len(self.frames), self.config.initial_frames),
+            "requested_timestamps": list(self.requested_timestamps),
+            "shown_timestamps": [frame.timestamp for frame in self.frames],
+            "clamped_timestamps": self.clamped_timestamps,
+            "repeated_timestamps": self.repeated_timestamps,
+            "over_budget_timestamps": self.over_budget_timestamps,
+            "video_duration": self.info.duration if self.info else None,
+        }
+
+    def _observe(self, timestamps: tuple[float, ...]) -> Observation:
+        assert self.info is not None
+        last = max(0.0, math.nextafter(self.info.duration, 0.0))
+        clamped = [min(max(t, 0.0), last) for t in timestamps]
+        n_clamped = sum(1 for t, c in zip(timestamps, clamped, strict=True) if t != c)
+        shown = {frame.index for frame in self.frames}
+        wanted: dict[int, float] = {}
+        repeated = 0
+        for t in clamped:
+            index = frame_index(self.info, t)
+            if index in shown or index in wanted:
+                repeated += 1
+            else:
+                wanted[index] = t
+        budget = min(self.config.max_frames_per_request, self.frames_left)
+        kept = sorted(wanted.values())[:budget]
+        over_budget = len(wanted) - len(kept)
+        frames = self.sampler.fetch(self.sample.video_path, kept) if kept else []
+        notes = _notes(n_clamped, repeated, over_budget, self.info.duration)
+        content = protocol.followup_user_content(
+            frames=frames,
+            notes=notes,
+            frames_left=self.frames_left - len(frames),
+            turns_left=self.turns_left,
+        )
+        return Observation(
+            message={"role": "user", "content": content},
+            frames=tuple(frames),
+            requested=tuple(timestamps),
+            clamped=n_clamped,
+            repeated=repeated,
+            over_budget=over_budget,
+        )
+
+
+def _notes(clamped: int, repeated: int, over_budget: int, duration: float) -> list[str]:
+    notes = []
+    if clamped:
+        notes.append(f"{clamped} timestamp(s) outside 0-{protocol.format_timestamp(duration)} were moved into the video.")
+    if repeated:
+        notes.append(f"{repeated} requested frame(s) were already shown.")
+    if over_budget:
+        notes.append(f"{over_budget} requested frame(s) exceeded the frame budget and were not shown.")
+    return notes

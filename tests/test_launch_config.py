@@ -1,0 +1,68 @@
+"""The training template's exact hydra overrides compose against the installed verl config."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
+
+from sparse_video_r1.config import AGENT_NAME, DialogueConfig, RewardConfig, from_mapping
+
+ROOT = Path(__file__).resolve().parents[1]
+TEMPLATE = ROOT / "scripts" / "run_qwen2_5_vl_template.sh"
+
+
+def template_overrides(*extra: str, **env: str) -> list[str]:
+    result = subprocess.run(
+        ["bash", str(TEMPLATE), *extra],
+        env={**os.environ, "PRINT_OVERRIDES": "1", **env},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return result.stdout.splitlines()
+
+
+def compose_training_config(overrides: list[str]):
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base=None):
+        return compose(config_name="sparse_video_grpo", overrides=overrides)
+
+
+def test_template_overrides_compose_into_a_grpo_config_with_our_loop_and_reward():
+    cfg = compose_training_config(template_overrides(MAX_FRAMES="12", MODEL_PATH="/models/qwen"))
+    rollout = cfg.actor_rollout_ref.rollout
+    assert cfg.algorithm.adv_estimator == "grpo"
+    assert rollout.name == "vllm"
+    assert rollout.agent.default_agent_loop == AGENT_NAME
+    assert rollout.limit_images == 12, "vLLM's image limit must follow the dialogue's frame budget"
+    assert cfg.actor_rollout_ref.model.path == "/models/qwen"
+    assert cfg.reward.custom_reward_function.path == "pkg://sparse_video_r1.reward"
+    dialogue = from_mapping(DialogueConfig, OmegaConf.to_container(cfg.sparse_video))
+    assert dialogue.max_total_frames == 12
+    from_mapping(RewardConfig, OmegaConf.to_container(cfg.reward.custom_reward_function.reward_kwargs))
+
+
+def test_agent_loop_registry_file_names_our_class():
+    entries = OmegaConf.load(ROOT / "configs" / "agent_loops.yaml")
+    assert [(e.name, e._target_) for e in entries] == [(AGENT_NAME, "sparse_video_r1.agent_loop.SparseVideoAgentLoop")]
+    cfg = compose_training_config(template_overrides())
+    assert Path(cfg.actor_rollout_ref.rollout.agent.agent_loop_config_path) == ROOT / "configs" / "agent_loops.yaml"
+
+
+@pytest.mark.parametrize(
+    "bad_override",
+    ["actor_rollout_ref.rollout.limit_imgs=4", "sparse_video.max_frame=3", "trainer.n_gpu_per_node=2"],
+)
+def test_misspelled_keys_are_rejected(bad_override: str):
+    with pytest.raises(ConfigCompositionException):
+        compose_training_config(template_overrides(bad_override))
+
+
+def test_unknown_dialogue_key_in_the_config_is_rejected_by_name():
+    with pytest.raises(ValueError, match="max_frame"):
+        from_mapping(DialogueConfig, {"max_frame": 3})
