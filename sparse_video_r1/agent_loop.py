@@ -88,7 +88,7 @@ class SparseVideoAgentLoop(AgentLoopBase):
             episode.stop(StopReason.ERROR)
         if not tokens.ids:
             await self._open_without_video(episode, tokens)
-        return self._output(episode, tokens, timing)
+        return self._output(episode, tokens, timing, want_logprobs=bool(sampling_params.get("logprobs")))
 
     async def _play(
         self, episode: Episode, tokens: _Tokens, sampling_params: dict[str, Any], timing: dict[str, float]
@@ -162,12 +162,16 @@ class SparseVideoAgentLoop(AgentLoopBase):
         tokens.images = [placeholder.image]
         tokens.ids = await self.ct_build_initial_tokens(tokens.messages, images=tokens.images)
 
-    def _output(self, episode: Episode, tokens: _Tokens, timing: dict[str, float]) -> AgentLoopOutput:
-        response_mask = tokens.response_mask
+    def _output(
+        self, episode: Episode, tokens: _Tokens, timing: dict[str, float], *, want_logprobs: bool
+    ) -> AgentLoopOutput:
+        response_mask, logprobs = tokens.response_mask, tokens.logprobs
         if response_mask:
             prompt_ids, response_ids = tokens.ids[: -len(response_mask)], tokens.ids[-len(response_mask) :]
         else:
+            # The sample ended before the model spoke: one masked pad token keeps the batch's shapes uniform.
             prompt_ids, response_ids, response_mask = tokens.ids, [self.tokenizer.pad_token_id], [0]
+            logprobs = [0.0] if want_logprobs else []
         summary = episode.summary()
         summary["env_seconds"] = timing["tool_calls"]
         observations = sum(1 for message in tokens.messages[2:] if message["role"] == "user")
@@ -175,7 +179,7 @@ class SparseVideoAgentLoop(AgentLoopBase):
             prompt_ids=prompt_ids,
             response_ids=response_ids[: self.response_length],
             response_mask=response_mask[: self.response_length],
-            response_logprobs=tokens.logprobs[: self.response_length] if tokens.logprobs else None,
+            response_logprobs=logprobs[: self.response_length] if logprobs else None,
             multi_modal_data={"images": tokens.images},
             num_turns=1 + episode.turns + observations,
             metrics=AgentLoopMetrics(**timing),

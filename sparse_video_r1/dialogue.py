@@ -243,7 +243,8 @@ class Episode:
 def _notes(clamped: int, repeated: int, over_budget: int, duration: float) -> list[str]:
     notes = []
     if clamped:
-        notes.append(f"{clamped} timestamp(s) outside 0-{protocol.format_timestamp(duration)} were moved into the video.")
+        end = protocol.format_timestamp(duration)
+        notes.append(f"{clamped} timestamp(s) outside 0-{end} were moved into the video.")
     if repeated:
         notes.append(f"{repeated} requested frame(s) were already shown.")
     if over_budget:

@@ -1,0 +1,260 @@
+"""Supervised cold start: teach a model the frame-request protocol from recorded dialogues ("traces").
+
+A randomly initialised or base model never writes a valid ``<frames>`` request, so GRPO would never see a
+multi-turn sample. A short SFT pass on traces that follow the protocol fixes that. Real users can cold-start
+a real model from their own traces with the same entry point.
+
+Each trace is replayed through :class:`~sparse_video_r1.dialogue.Episode` with the real frame sampler, so
+every assistant turn is trained on exactly the frames the environment would show it during RL. Loss is on
+assistant tokens only (their text and end-of-turn token).
+
+This is a small transformers loop rather than verl's SFT trainer: verl's trainer needs torchrun and FSDP
+and builds its samples from stored messages, whereas a trace must be replayed against the video to
+recreate the observations between turns.
+
+Trace format, one JSON object per line::
+
+    {"extra_info": {"video_path": ..., "question": ..., "options": [...], "answer": "B", ...},
+     "turns": ["<think>…</think><frames>3.0, 9.5</frames>", "<think>…</think><answer>B</answer>"]}
+
+CLI::
+
+    python -m sparse_video_r1.sft make-traces --data DATA_DIR/train.parquet --out traces.jsonl
+    python -m sparse_video_r1.sft train --model MODEL --traces traces.jsonl --out CKPT_DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import random
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sparse_video_r1.config import DialogueConfig, from_mapping
+from sparse_video_r1.dialogue import Episode, VideoQA
+from sparse_video_r1.frames import FrameSampler
+
+logger = logging.getLogger(__name__)
+
+IGNORE_INDEX = -100
+
+
+@dataclass(frozen=True)
+class SFTConfig:
+    """Settings of one cold-start run (recorded next to the checkpoint)."""
+
+    model: str
+    traces: str
+    out: str
+    epochs: int = 3
+    lr: float = 1e-4
+    grad_accumulation: int = 4
+    seed: int = 0
+    device: str = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@dataclass(frozen=True)
+class Trace:
+    sample: VideoQA
+    turns: tuple[str, ...]
+
+
+def read_traces(path: str | Path) -> list[Trace]:
+    traces = []
+    with open(path, encoding="utf-8") as handle:
+        for line_number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                traces.append(Trace(VideoQA.from_extra_info(record["extra_info"]), tuple(record["turns"])))
+            except (json.JSONDecodeError, KeyError, TypeError) as error:
+                raise ValueError(f"{path}:{line_number}: not a trace ({error})") from error
+    if not traces:
+        raise ValueError(f"{path}: no traces")
+    return traces
+
+
+def replay(trace: Trace, config: DialogueConfig, sampler: FrameSampler) -> tuple[list[dict[str, Any]], list[Any]]:
+    """Play a trace through the environment; return the full message list and every image shown, in order."""
+    episode = Episode(trace.sample, config, sampler)
+    messages = episode.start()
+    for index, text in enumerate(trace.turns):
+        messages.append({"role": "assistant", "content": text})
+        observation = episode.step(text)
+        if observation is None:
+            if index != len(trace.turns) - 1:
+                raise ValueError(
+                    f"trace of {trace.sample.qid!r} ended at turn {index + 1} ({episode.stop_reason}) "
+                    f"but has {len(trace.turns)} turns"
+                )
+            break
+        episode.show(observation)
+        messages.append(observation.message)
+    else:
+        raise ValueError(f"trace of {trace.sample.qid!r} does not end with an answer")
+    return messages, episode.images
+
+
+def encode_dialogue(processor: Any, messages: list[dict[str, Any]], images: list[Any]) -> dict[str, torch.Tensor]:
+    """Tokenise a whole dialogue with the chat template; labels cover assistant turns only."""
+    text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
+    inputs = processor(text=[text], images=images or None, return_tensors="pt")
+    input_ids = inputs["input_ids"][0]
+    labels = torch.full_like(input_ids, IGNORE_INDEX)
+    for start, end in assistant_spans(processor.tokenizer, input_ids.tolist()):
+        labels[start:end] = input_ids[start:end]
+    inputs["labels"] = labels.unsqueeze(0)
+    return dict(inputs)
+
+
+def assistant_spans(tokenizer: Any, ids: list[int]) -> list[tuple[int, int]]:
+    """Token ranges ``[start, end)`` of each assistant turn's content and its ``<|im_end|>``."""
+    im_start = tokenizer.convert_tokens_to_ids("<|im_start|>")
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    spans = []
+    for position, token in enumerate(ids):
+        if token != im_start:
+            continue
+        header_end = position + 1
+        while header_end < len(ids) and "\n" not in tokenizer.decode(ids[position + 1 : header_end]):
+            header_end += 1
+        if tokenizer.decode(ids[position + 1 : header_end]).strip() != "assistant":
+            continue
+        end = ids.index(im_end, header_end) + 1 if im_end in ids[header_end:] else len(ids)
+        spans.append((header_end, end))
+    return spans
+
+
+def train(config: SFTConfig, dialogue: DialogueConfig) -> dict[str, Any]:
+    """Fine-tune ``config.model`` on the traces and save model + processor to ``config.out``."""
+    from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+
+    torch.manual_seed(config.seed)
+    rng = random.Random(config.seed)
+    processor = AutoProcessor.from_pretrained(config.model)
+    dtype = torch.bfloat16 if config.device.startswith("cuda") else torch.float32
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(config.model, dtype=dtype).to(config.device)
+    model.train()
+    sampler = FrameSampler.from_config(dialogue)
+    examples = [encode_dialogue(processor, *replay(trace, dialogue, sampler)) for trace in read_traces(config.traces)]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr)
+    losses: list[float] = []
+    started = time.perf_counter()
+    for epoch in range(config.epochs):
+        rng.shuffle(examples)
+        for step, example in enumerate(examples, start=1):
+            batch = {key: value.to(config.device) for key, value in example.items()}
+            loss = model(**batch).loss
+            (loss / config.grad_accumulation).backward()
+            losses.append(loss.item())
+            if step % config.grad_accumulation == 0 or step == len(examples):
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+        logger.info("epoch %d: mean loss %.4f", epoch + 1, sum(losses[-len(examples) :]) / len(examples))
+    out = Path(config.out)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    metrics = {
+        "config": asdict(config),
+        "dialogue": asdict(dialogue),
+        "examples": len(examples),
+        "first_epoch_loss": sum(losses[: len(examples)]) / len(examples),
+        "last_epoch_loss": sum(losses[-len(examples) :]) / len(examples),
+        "seconds": time.perf_counter() - started,
+    }
+    (out / "sft_metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics
+
+
+def synthetic_traces(
+    samples: Iterable[VideoQA],
+    durations: Sequence[float],
+    config: DialogueConfig,
+    *,
+    seed: int = 0,
+    request_probability: float = 0.7,
+) -> list[dict[str, Any]]:
+    """Protocol-following traces with *uninformed* requests: random timestamps, then the right answer.
+
+    They teach the format and that asking is allowed, not where to look: that is left to RL.
+    """
+    rng = random.Random(seed)
+    traces = []
+    for sample, duration in zip(samples, durations, strict=True):
+        if sample.answer is None:
+            raise ValueError(f"sample {sample.qid!r} has no answer; traces need one")
+        turns = []
+        max_requests = config.max_turns - 1 if config.allows_requests else 0
+        requests = 0
+        while requests < max_requests and rng.random() < request_probability:
+            count = rng.randint(1, config.max_frames_per_request)
+            stamps = sorted(round(rng.uniform(0.0, duration), 1) for _ in range(count))
+            listed = ", ".join(f"{stamp:g}" for stamp in stamps)
+            turns.append(f"<think>I should look at more frames.</think><frames>{listed}</frames>")
+            requests += 1
+        turns.append(f"<think>I have seen enough.</think><answer>{sample.answer}</answer>")
+        traces.append({"extra_info": _extra_info(sample), "turns": turns})
+    return traces
+
+
+def _extra_info(sample: VideoQA) -> dict[str, Any]:
+    return {
+        "qid": sample.qid,
+        "video_path": sample.video_path,
+        "question": sample.question,
+        "options": list(sample.options),
+        "answer": sample.answer,
+    }
+
+
+def _make_traces(args: argparse.Namespace, dialogue: DialogueConfig) -> None:
+    import pandas as pd
+
+    frame = pd.read_parquet(args.data)
+    samples = [VideoQA.from_extra_info(info) for info in frame["extra_info"]]
+    sampler = FrameSampler.from_config(dialogue)
+    durations = [sampler.info(sample.video_path).duration for sample in samples]
+    traces = synthetic_traces(samples, durations, dialogue, seed=args.seed, request_probability=args.request_prob)
+    with open(args.out, "w", encoding="utf-8") as handle:
+        for trace in traces:
+            handle.write(json.dumps(trace) + "\n")
+    requested = sum(len(trace["turns"]) > 1 for trace in traces)
+    logger.info("wrote %d traces (%d with frame requests) to %s", len(traces), requested, args.out)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dialogue", default="{}", help="DialogueConfig fields as JSON")
+    commands = parser.add_subparsers(dest="command", required=True)
+    make = commands.add_parser("make-traces", help="synthetic traces from a preprocessed parquet")
+    make.add_argument("--data", required=True)
+    make.add_argument("--out", required=True)
+    make.add_argument("--seed", type=int, default=0)
+    make.add_argument("--request-prob", type=float, default=0.7)
+    fit = commands.add_parser("train", help="fine-tune a model on traces")
+    fit.add_argument("--model", required=True)
+    fit.add_argument("--traces", required=True)
+    fit.add_argument("--out", required=True)
+    fit.add_argument("--epochs", type=int, default=SFTConfig.epochs)
+    fit.add_argument("--lr", type=float, default=SFTConfig.lr)
+    fit.add_argument("--seed", type=int, default=SFTConfig.seed)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    dialogue = from_mapping(DialogueConfig, json.loads(args.dialogue))
+    if args.command == "make-traces":
+        _make_traces(args, dialogue)
+    else:
+        config = SFTConfig(args.model, args.traces, args.out, epochs=args.epochs, lr=args.lr, seed=args.seed)
+        logger.info("SFT done: %s", json.dumps(train(config, dialogue)))
+
+
+if __name__ == "__main__":
+    main()
