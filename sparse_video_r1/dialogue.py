@@ -191,7 +191,7 @@ class Episode:
         """Per-sample fields for verl's ``extra_fields`` (the reward and the rollout dumps read them)."""
         return {
             "stop_reason": (self.stop_reason or StopReason.ERROR).value,
-            "answer": self.answer,
+            "predicted_answer": self.answer,
             "frames_used": len(self.frames),
             "assistant_turns": self.turns,
             "invalid_turns": self.invalid_turns,

@@ -45,6 +45,8 @@ class DialogueOutcome:
     answer: str | None
     well_formed: bool
     frames_used: int
+    assistant_turns: int = 0
+    requested_frames: int = 0
 
 
 def normalize_ground_truth(ground_truth: Any) -> str:
@@ -74,9 +76,9 @@ def _loop_int(extra_info: Mapping[str, Any], key: str) -> int:
 
 
 def _loop_answer(extra_info: Mapping[str, Any]) -> str | None:
-    value = extra_info.get("answer")
+    value = extra_info.get("predicted_answer")
     if value is not None and (not isinstance(value, str) or value not in OPTION_LETTERS or len(value) != 1):
-        raise ValueError(f"agent-loop field 'answer' must be an option letter or None, got {value!r}")
+        raise ValueError(f"agent-loop field 'predicted_answer' must be an option letter or None, got {value!r}")
     return value
 
 
@@ -96,6 +98,8 @@ def dialogue_outcome(solution_str: str, extra_info: Mapping[str, Any]) -> Dialog
             answer=_loop_answer(extra_info),
             well_formed=extra_info[_LOOP_MARKER] == _ANSWERED and _loop_int(extra_info, "invalid_turns") == 0,
             frames_used=_loop_int(extra_info, "frames_used"),
+            assistant_turns=_loop_int(extra_info, "assistant_turns"),
+            requested_frames=_loop_int(extra_info, "requested_frames"),
         )
     _warn_no_loop_fields()
     answer = parse_final_answer(solution_str)
@@ -112,7 +116,9 @@ def compute_score(
     """``score = accuracy_weight*accuracy + format_weight*format - frame_cost*frames_used``.
 
     Every term is returned too, under the same keys for every rollout, because verl logs each key of
-    the dict and stacks them across the batch.
+    the dict and stacks them across the batch (and writes them into ``trainer.rollout_data_dir`` dumps).
+    ``assistant_turns`` and ``requested_frames`` are not reward terms: they make those dumps say how
+    each dialogue went. Without agent-loop fields they are 0 (unknown).
     """
     config = from_mapping(
         RewardConfig, {key: value for key, value in reward_kwargs.items() if key not in _VERL_INJECTED_KWARGS}
@@ -129,4 +135,6 @@ def compute_score(
         "format": fmt,
         "frame_penalty": float(frame_penalty),
         "frames_used": float(outcome.frames_used),
+        "assistant_turns": float(outcome.assistant_turns),
+        "requested_frames": float(outcome.requested_frames),
     }

@@ -105,7 +105,7 @@ def test_request_then_answer_trains_every_assistant_turn_on_the_frames_it_saw(
     for output in outputs:
         fields = output.extra_fields
         assert fields["stop_reason"] == StopReason.ANSWERED.value
-        assert fields["answer"] == "C"
+        assert fields["predicted_answer"] == "C"
         assert fields["assistant_turns"] == 2
         assert fields["frames_used"] == 4
         assert model_turns(tokenizer, output) == [REQUEST, ANSWER]

@@ -12,7 +12,7 @@ from PIL import Image
 from sparse_video_r1.protocol import followup_user_content
 from sparse_video_r1.reward import compute_score, normalize_ground_truth
 
-KEYS = {"score", "accuracy", "format", "frame_penalty", "frames_used"}
+KEYS = {"score", "accuracy", "format", "frame_penalty", "frames_used", "assistant_turns", "requested_frames"}
 
 
 class _Frame:
@@ -53,7 +53,10 @@ REQUEST_THEN_ANSWER = decoded_response(
 
 
 def loop_fields(**overrides: Any) -> dict:
-    fields = {"stop_reason": "answered", "frames_used": 6, "invalid_turns": 0, "answer": "B"}
+    fields = {"stop_reason": "answered", "frames_used": 6, "invalid_turns": 0, "predicted_answer": "B"}
+    fields |= {"assistant_turns": 2, "requested_frames": 2}
+    if "answer" in overrides:
+        overrides["predicted_answer"] = overrides.pop("answer")
     return fields | overrides
 
 
@@ -61,7 +64,15 @@ def test_correct_answer_with_frame_cost() -> None:
     extra = verl_extra_info(ROW, loop_fields(), num_turns=5)
     result = compute_score("videomme", REQUEST_THEN_ANSWER, "B", extra, frame_cost=0.01)
     assert result == pytest.approx(
-        {"score": 1.0 + 0.1 - 0.06, "accuracy": 1.0, "format": 1.0, "frame_penalty": 0.06, "frames_used": 6.0}
+        {
+            "score": 1.0 + 0.1 - 0.06,
+            "accuracy": 1.0,
+            "format": 1.0,
+            "frame_penalty": 0.06,
+            "frames_used": 6.0,
+            "assistant_turns": 2.0,
+            "requested_frames": 2.0,
+        }
     )
     assert all(type(value) is float for value in result.values())
 
@@ -111,6 +122,7 @@ def test_no_answer_scores_zero_accuracy() -> None:
     result = compute_score("d", response, "B", extra, frame_cost=0.01)
     assert result == pytest.approx(
         {"score": -0.16, "accuracy": 0.0, "format": 0.0, "frame_penalty": 0.16, "frames_used": 16.0}
+        | {"assistant_turns": 2.0, "requested_frames": 2.0}
     )
 
 
