@@ -41,9 +41,7 @@ class DialogueConfig:
         if self.initial_frames < 1:
             raise ValueError(f"initial_frames must be >= 1, got {self.initial_frames}")
         if self.max_total_frames < self.initial_frames:
-            raise ValueError(
-                f"max_total_frames ({self.max_total_frames}) < initial_frames ({self.initial_frames})"
-            )
+            raise ValueError(f"max_total_frames ({self.max_total_frames}) < initial_frames ({self.initial_frames})")
         if self.max_frames_per_request < 0 or self.max_turns < 1:
             raise ValueError("max_frames_per_request must be >= 0 and max_turns >= 1")
         if not 0 < self.min_pixels <= self.max_pixels:

@@ -55,7 +55,7 @@ class SFTConfig:
     out: str
     epochs: int = 3
     lr: float = 1e-4
-    grad_accumulation: int = 4
+    grad_accumulation: int = 1
     seed: int = 0
     device: str = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -246,13 +246,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     fit.add_argument("--epochs", type=int, default=SFTConfig.epochs)
     fit.add_argument("--lr", type=float, default=SFTConfig.lr)
     fit.add_argument("--seed", type=int, default=SFTConfig.seed)
+    fit.add_argument("--grad-accumulation", type=int, default=SFTConfig.grad_accumulation)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     dialogue = from_mapping(DialogueConfig, json.loads(args.dialogue))
     if args.command == "make-traces":
         _make_traces(args, dialogue)
     else:
-        config = SFTConfig(args.model, args.traces, args.out, epochs=args.epochs, lr=args.lr, seed=args.seed)
+        config = SFTConfig(
+            args.model,
+            args.traces,
+            args.out,
+            epochs=args.epochs,
+            lr=args.lr,
+            seed=args.seed,
+            grad_accumulation=args.grad_accumulation,
+        )
         logger.info("SFT done: %s", json.dumps(train(config, dialogue)))
 
 

@@ -1,0 +1,83 @@
+"""The agent loop outside verl's trainer: the same class, fed by any server with verl's ``generate`` contract.
+
+Evaluation and the demo use this, so they run exactly the dialogue that training optimises.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+from verl.experimental.agent_loop.agent_loop import AgentLoopOutput, DictConfigWrap
+from verl.utils.dataset.rl_dataset import RLHFDataset
+from verl.utils.tokenizer import hf_processor, hf_tokenizer
+
+from sparse_video_r1.agent_loop import SparseVideoAgentLoop
+from sparse_video_r1.config import DialogueConfig
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One stretch of a finished dialogue's response: the model's (trained) or the environment's."""
+
+    speaker: str  # "model" or "environment"
+    text: str
+
+
+def make_agent_loop(
+    model_path: str | Path,
+    server: Any,
+    dialogue: DialogueConfig,
+    *,
+    prompt_length: int = 2048,
+    response_length: int = 4096,
+) -> SparseVideoAgentLoop:
+    """Build the verl agent loop with the model's own tokenizer and processor, as verl's workers do."""
+    config = OmegaConf.create(
+        {
+            "actor_rollout_ref": {
+                "rollout": {"prompt_length": prompt_length, "response_length": response_length},
+                "model": {"path": str(model_path)},
+            },
+            "data": {"apply_chat_template_kwargs": {}, "mm_processor_kwargs": {}},
+            "sparse_video": asdict(dialogue),
+        }
+    )
+    return SparseVideoAgentLoop(
+        trainer_config=DictConfigWrap(config),
+        server_manager=server,
+        tokenizer=hf_tokenizer(str(model_path)),
+        processor=hf_processor(str(model_path)),
+        dataset_cls=RLHFDataset,
+        data_config=DictConfigWrap(config.data),
+        hf_model_type="qwen2_5_vl",
+    )
+
+
+def run_dialogues(
+    loop: SparseVideoAgentLoop, extra_infos: Iterable[Mapping[str, Any]], sampling_params: Mapping[str, Any]
+) -> list[AgentLoopOutput]:
+    """Run one dialogue per sample concurrently on the loop's event loop (the one verl bound it to)."""
+
+    async def all_samples() -> list[AgentLoopOutput]:
+        runs = [loop.run(dict(sampling_params), extra_info=dict(info)) for info in extra_infos]
+        return await asyncio.gather(*runs)
+
+    return loop.loop.run_until_complete(all_samples())
+
+
+def split_turns(tokenizer: Any, output: AgentLoopOutput) -> list[Turn]:
+    """Decode a response into alternating model / environment turns by its ``response_mask``."""
+    turns: list[Turn] = []
+    start = 0
+    mask = output.response_mask
+    for end in range(1, len(mask) + 1):
+        if end == len(mask) or mask[end] != mask[start]:
+            text = tokenizer.decode(output.response_ids[start:end], skip_special_tokens=True).strip()
+            turns.append(Turn("model" if mask[start] else "environment", text))
+            start = end
+    return turns
