@@ -2,7 +2,8 @@
 
 Reads what verl itself wrote: the file logger's metrics (``trainer.logger=[...,file]``, one JSON line per
 step) and the per-step rollout dumps (``trainer.rollout_data_dir``), whose per-sample fields come from
-our reward function (accuracy, frames_used, assistant_turns, requested_frames).
+our reward function (accuracy, frames_used, assistant_turns, requested_frames). GPU memory is the FSDP
+actor's peak from torch's allocator; vLLM's share is fixed by ``rollout.gpu_memory_utilization``.
 
     python scripts/summarize_grpo_run.py --run OUT_DIR [--out OUT_DIR/summary.json]
 """
@@ -23,8 +24,8 @@ VERL_KEYS = {
     "generation_s": "timing_s/gen",
     "update_actor_s": "timing_s/update_actor",
     "step_s": "timing_s/step",
-    "peak_gpu_memory_allocated_gb": "perf/max_memory_allocated_gb",
-    "peak_gpu_memory_reserved_gb": "perf/max_memory_reserved_gb",
+    "actor_peak_gpu_memory_allocated_gb": "actor/perf/max_memory_allocated_gb",
+    "actor_peak_gpu_memory_reserved_gb": "actor/perf/max_memory_reserved_gb",
     "actor_pg_loss": "actor/pg_loss",
     "actor_entropy": "actor/entropy",
 }
@@ -74,8 +75,8 @@ def summarize(run: Path) -> dict[str, Any]:
         "totals": {
             "multi_turn_samples_trained": sum(row["multi_turn_samples"] for row in with_dumps),
             "samples_trained": sum(row["samples"] for row in with_dumps),
-            "peak_gpu_memory_allocated_gb": max(
-                (row["peak_gpu_memory_allocated_gb"] or 0.0 for row in steps), default=None
+            "actor_peak_gpu_memory_allocated_gb": max(
+                (row["actor_peak_gpu_memory_allocated_gb"] or 0.0 for row in steps), default=None
             ),
         },
         "per_step": steps,

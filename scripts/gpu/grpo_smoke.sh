@@ -6,6 +6,8 @@
 #
 # ANNOTATIONS_DIR holds the NExT-QA CSVs and map (default ../shared/nextqa, else tests/fixtures/nextqa).
 # Writes OUT_DIR/{grpo.log,metrics.jsonl,rollouts/,summary.json}. STEPS (default 6) sets the GRPO steps.
+# STAGE=prepare (model, data, SFT) or STAGE=train (GRPO, summary) runs half of it, sharing WORK
+# (default /tmp/svr1_smoke), so each half fits a time-limited call; the default runs both.
 set -euo pipefail
 OUT=$(mkdir -p "${1:?usage: grpo_smoke.sh OUT_DIR [ANNOTATIONS_DIR]}" && cd "$1" && pwd)
 shift
@@ -15,12 +17,14 @@ if [ -z "$ANNOTATIONS" ]; then
   if [ -d ../shared/nextqa ]; then ANNOTATIONS=../shared/nextqa; else ANNOTATIONS=tests/fixtures/nextqa; fi
 fi
 STEPS=${STEPS:-6}
-SFT_EPOCHS=${SFT_EPOCHS:-8}
+SFT_EPOCHS=${SFT_EPOCHS:-6}
 WORK=${WORK:-/tmp/svr1_smoke}
 export RAY_AUTH_MODE=disabled VLLM_USE_FLASHINFER_SAMPLER=0 PYTHONUNBUFFERED=1
 mkdir -p "$WORK"
+STAGE=${STAGE:-all}
 DIALOGUE='{"initial_frames": 4, "max_frames_per_request": 4, "max_total_frames": 12, "max_turns": 3}'
 
+if [ "$STAGE" != train ]; then
 python -m sparse_video_r1.tiny_model "$WORK/tiny"
 python -m sparse_video_r1.synthetic_nextqa --annotations "$ANNOTATIONS" --out "$WORK/raw" \
   --split train=val.csv --split val=test.csv --videos "${VIDEOS:-24}"
@@ -30,6 +34,8 @@ python -m sparse_video_r1.sft --dialogue "$DIALOGUE" make-traces --data "$WORK/d
 python -m sparse_video_r1.sft --dialogue "$DIALOGUE" train --model "$WORK/tiny" --traces "$WORK/traces.jsonl" \
   --out "$WORK/sft" --epochs "$SFT_EPOCHS" --lr 1e-3 --grad-accumulation 1 2>&1 | tee "$OUT/sft.log"
 cp "$WORK/sft/sft_metrics.json" "$OUT/"
+fi
+[ "$STAGE" = prepare ] && exit 0
 
 overrides=(
   "data.train_files=$WORK/data/train.parquet"
@@ -41,9 +47,9 @@ overrides=(
   "+actor_rollout_ref.model.override_config.attn_implementation=sdpa"
   "actor_rollout_ref.actor.optim.lr=1e-5"
   "actor_rollout_ref.actor.ppo_mini_batch_size=16"
-  "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=8"
-  "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=8"
-  "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=8"
+  "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=32"
+  "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=32"
+  "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=32"
   "actor_rollout_ref.rollout.tensor_model_parallel_size=1"
   "actor_rollout_ref.rollout.gpu_memory_utilization=0.3"
   "actor_rollout_ref.rollout.enforce_eager=True"
