@@ -166,6 +166,8 @@ class SparseVideoAgentLoop(AgentLoopBase):
         self, episode: Episode, tokens: _Tokens, timing: dict[str, float], *, want_logprobs: bool
     ) -> AgentLoopOutput:
         response_mask, logprobs = tokens.response_mask, tokens.logprobs
+        if self.dialogue.loss_on == "last_turn":
+            response_mask = only_last_turn(response_mask)
         if response_mask:
             prompt_ids, response_ids = tokens.ids[: -len(response_mask)], tokens.ids[-len(response_mask) :]
         else:
@@ -193,6 +195,17 @@ class SparseVideoAgentLoop(AgentLoopBase):
             return await asyncio.get_running_loop().run_in_executor(self.decode_pool, fn, *args)
         finally:
             timing["tool_calls"] += time.perf_counter() - started
+
+
+def only_last_turn(response_mask: list[int]) -> list[int]:
+    """Keep the loss on the final assistant turn only: the last run of 1s survives, earlier runs become 0."""
+    end = len(response_mask)
+    while end and not response_mask[end - 1]:
+        end -= 1
+    start = end
+    while start and response_mask[start - 1]:
+        start -= 1
+    return [0] * start + response_mask[start:end] + [0] * (len(response_mask) - end)
 
 
 def _end_of_turn_ids(tokenizer: Any) -> frozenset[int]:

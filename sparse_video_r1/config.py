@@ -36,6 +36,9 @@ class DialogueConfig:
     decode_timeout_s: float = 30.0
     max_open_videos: int = 16
     decode_workers: int = 8
+    #: ``"all_turns"``: every assistant turn gets the policy gradient. ``"last_turn"``: only the final one
+    #: does (the seed's scheme, kept as an ablation: frame-request turns are then never learned).
+    loss_on: str = "all_turns"
 
     def __post_init__(self) -> None:
         if self.initial_frames < 1:
@@ -46,6 +49,8 @@ class DialogueConfig:
             raise ValueError("max_frames_per_request must be >= 0 and max_turns >= 1")
         if not 0 < self.min_pixels <= self.max_pixels:
             raise ValueError(f"need 0 < min_pixels <= max_pixels, got {self.min_pixels}, {self.max_pixels}")
+        if self.loss_on not in ("all_turns", "last_turn"):
+            raise ValueError(f"loss_on must be 'all_turns' or 'last_turn', got {self.loss_on!r}")
         if self.decode_timeout_s <= 0:
             raise ValueError(f"decode_timeout_s must be > 0, got {self.decode_timeout_s}")
 

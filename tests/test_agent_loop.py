@@ -238,3 +238,14 @@ def test_the_tiny_model_itself_drives_the_loop_through_the_transformers_server(
         assert output.extra_fields["stop_reason"] in {"invalid_turn", "truncated", "answered", "max_turns"}
         assert 1 <= sum(output.response_mask) <= 24
         assert output.response_logprobs is not None and len(output.response_logprobs) == len(output.response_ids)
+
+
+def test_last_turn_only_ablation_masks_every_turn_but_the_final_answer(
+    tiny_model_dir, tokenizer_and_processor, make_video
+):
+    tokenizer, _ = tokenizer_and_processor
+    server = ScriptedServer(tokenizer, [REQUEST, ANSWER])
+    loop = make_loop(tiny_model_dir, tokenizer_and_processor, server, loss_on="last_turn")
+    (output,) = run_loop(loop, [row(make_video(num_frames=60, fps=FPS))])
+    assert output.extra_fields["assistant_turns"] == 2
+    assert model_turns(tokenizer, output) == [ANSWER]
