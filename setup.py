@@ -21,12 +21,13 @@ setup(
         "pandas",
         "pyarrow",
         "tqdm",
+        "av",  # writes the generated videos of the demo, tests and GPU smoke runs
+        "matplotlib",  # evaluation plots
         *VERL_AGENT_LOOP_RUNTIME,
     ],
     extras_require={
         # The GPU training stack: vLLM 0.24.0 and torch 2.11 as verl 0.9.1 pins them.
         "gpu": ["verl[vllm]==0.9.1"],
-        # av writes the generated H.264 test videos; matplotlib draws evaluation plots.
-        "test": ["pytest>=8", "hypothesis>=6", "ruff>=0.6", "av>=12", "matplotlib"],
+        "test": ["pytest>=8", "hypothesis>=6", "ruff>=0.6"],
     },
 )

@@ -58,6 +58,8 @@ class SFTConfig:
     grad_accumulation: int = 1
     seed: int = 0
     device: str = "cuda" if torch.cuda.is_available() else "cpu"
+    #: bfloat16 halves memory for real models on GPU; float32 is exact and fine for small models.
+    dtype: str = "bfloat16" if torch.cuda.is_available() else "float32"
 
 
 @dataclass(frozen=True)
@@ -140,7 +142,7 @@ def train(config: SFTConfig, dialogue: DialogueConfig) -> dict[str, Any]:
     torch.manual_seed(config.seed)
     rng = random.Random(config.seed)
     processor = AutoProcessor.from_pretrained(config.model)
-    dtype = torch.bfloat16 if config.device.startswith("cuda") else torch.float32
+    dtype = getattr(torch, config.dtype)
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(config.model, dtype=dtype).to(config.device)
     model.train()
     sampler = FrameSampler.from_config(dialogue)
@@ -247,6 +249,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     fit.add_argument("--lr", type=float, default=SFTConfig.lr)
     fit.add_argument("--seed", type=int, default=SFTConfig.seed)
     fit.add_argument("--grad-accumulation", type=int, default=SFTConfig.grad_accumulation)
+    fit.add_argument("--dtype", choices=["bfloat16", "float32"], default=SFTConfig.dtype)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     dialogue = from_mapping(DialogueConfig, json.loads(args.dialogue))
@@ -261,6 +264,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             lr=args.lr,
             seed=args.seed,
             grad_accumulation=args.grad_accumulation,
+            dtype=args.dtype,
         )
         logger.info("SFT done: %s", json.dumps(train(config, dialogue)))
 

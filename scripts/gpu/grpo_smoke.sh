@@ -32,7 +32,7 @@ python dataset/NExT_QA.py --raw "$WORK/raw" --out "$WORK/data" --splits train va
 python -m sparse_video_r1.sft --dialogue "$DIALOGUE" make-traces --data "$WORK/data/train.parquet" \
   --out "$WORK/traces.jsonl"
 python -m sparse_video_r1.sft --dialogue "$DIALOGUE" train --model "$WORK/tiny" --traces "$WORK/traces.jsonl" \
-  --out "$WORK/sft" --epochs "$SFT_EPOCHS" --lr 1e-3 --grad-accumulation 1 2>&1 | tee "$OUT/sft.log"
+  --out "$WORK/sft" --epochs "$SFT_EPOCHS" --lr 1e-3 --grad-accumulation 1 --dtype float32 2>&1 | tee "$OUT/sft.log"
 cp "$WORK/sft/sft_metrics.json" "$OUT/"
 fi
 [ "$STAGE" = prepare ] && exit 0
