@@ -27,7 +27,7 @@ from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopMetr
 
 from sparse_video_r1.config import DialogueConfig, from_mapping
 from sparse_video_r1.dialogue import Episode, Observation, StopReason, VideoQA
-from sparse_video_r1.frames import DecodeTimeoutError, FrameSampler, TimedFrame, VideoError
+from sparse_video_r1.frames import FrameSampler, TimedFrame, VideoError
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +35,9 @@ _T = TypeVar("_T")
 
 #: Room kept for a final short answer turn when deciding whether another observation still fits.
 ANSWER_ROOM_TOKENS = 32
+
+#: The whole user turn of a failed sample whose question does not fit the prompt length even without frames.
+UNAVAILABLE_TEXT = "This sample could not be shown."
 
 
 @functools.lru_cache(maxsize=4)
@@ -77,15 +80,12 @@ class SparseVideoAgentLoop(AgentLoopBase):
         timing = {"generate_sequences": 0.0, "tool_calls": 0.0}
         try:
             await self._play(episode, tokens, sampling_params, timing)
-        except DecodeTimeoutError as error:
-            logger.warning("sample %s: %s", sample.qid, error)
-            episode.stop(StopReason.DECODE_TIMEOUT)
         except VideoError as error:
             logger.warning("sample %s: %s", sample.qid, error)
-            episode.stop(StopReason.VIDEO_ERROR)
-        except Exception:
+            episode.fail(error)
+        except Exception as error:
             logger.exception("sample %s (%s) failed; it is kept with stop_reason=error", sample.qid, sample.video_path)
-            episode.stop(StopReason.ERROR)
+            episode.fail(error)
         if not tokens.ids:
             await self._open_without_video(episode, tokens)
         return self._output(episode, tokens, timing, want_logprobs=bool(sampling_params.get("logprobs")))
@@ -95,9 +95,11 @@ class SparseVideoAgentLoop(AgentLoopBase):
     ) -> None:
         messages = await self._in_pool(timing, episode.start)
         self._assert_mm_supported(True)
-        tokens.images = episode.images
-        tokens.ids = await self.ct_build_initial_tokens(messages, images=tokens.images)
-        tokens.messages = messages
+        ids = await self._initial_tokens(messages, episode.images)
+        if ids is None:
+            episode.opening_too_long()
+            return
+        tokens.ids, tokens.images, tokens.messages = ids, episode.images, messages
         request_id = uuid4().hex
         while not episode.done:
             room = self.response_length - len(tokens.response_mask)
@@ -150,23 +152,48 @@ class SparseVideoAgentLoop(AgentLoopBase):
         tokens.messages = updated
         return True
 
+    async def _initial_tokens(self, messages: list[dict[str, Any]], images: list[Image.Image]) -> list[int] | None:
+        """The opening prompt's token ids, or None when they exceed ``rollout.prompt_length``.
+
+        verl's ``ct_build_initial_tokens`` raises a bare ValueError on such a prompt (a multimodal prompt
+        cannot be cut without breaking the image-feature alignment). Building with the same builder and
+        measuring here lets the sample end as ``context_limit`` instead of an anonymous ``error``.
+        """
+        build = functools.partial(self.continuous_token_builder.build_initial_tokens, messages, images=images)
+        ids = await self.loop.run_in_executor(None, build)
+        return ids if len(ids) <= self.rollout_config.prompt_length else None
+
     async def _open_without_video(self, episode: Episode, tokens: _Tokens) -> None:
-        """Give a sample whose video failed a valid, gradient-free prompt: one blank frame and the question.
+        """Give a sample that ended before its first turn a valid, gradient-free prompt: a blank frame and the question.
 
         Keeping one image keeps every sample of the batch multimodal, which verl's actor needs to
-        concatenate ``multi_modal_inputs`` across a micro-batch.
+        concatenate ``multi_modal_inputs`` across a micro-batch. A question too long for the prompt even
+        without frames is left out, so one oversized row cannot fail the whole batch.
         """
         side = _blank_side(self.dialogue.min_pixels)
         placeholder = TimedFrame(timestamp=0.0, index=0, image=Image.new("RGB", (side, side)))
-        tokens.messages = episode.opening_messages([placeholder])
         tokens.images = [placeholder.image]
-        tokens.ids = await self.ct_build_initial_tokens(tokens.messages, images=tokens.images)
+        tokens.messages = episode.opening_messages([placeholder])
+        ids = await self._initial_tokens(tokens.messages, tokens.images)
+        if ids is None:
+            content = [{"type": "image", "image": placeholder.image}, {"type": "text", "text": UNAVAILABLE_TEXT}]
+            tokens.messages = [{"role": "user", "content": content}]
+            ids = await self._initial_tokens(tokens.messages, tokens.images)
+        if ids is None:
+            raise ValueError(
+                f"rollout.prompt_length={self.rollout_config.prompt_length} cannot hold even one blank frame; raise it"
+            )
+        tokens.ids = ids
 
     def _output(
         self, episode: Episode, tokens: _Tokens, timing: dict[str, float], *, want_logprobs: bool
     ) -> AgentLoopOutput:
         response_mask, logprobs = tokens.response_mask, tokens.logprobs
-        if self.dialogue.loss_on == "last_turn":
+        if episode.failed:
+            # The environment failed, not the model: the turns it wrote before the fault keep their
+            # tokens (shapes stay as verl expects) but get no gradient from the zero reward.
+            response_mask = [0] * len(response_mask)
+        elif self.dialogue.loss_on == "last_turn":
             response_mask = only_last_turn(response_mask)
         if response_mask:
             prompt_ids, response_ids = tokens.ids[: -len(response_mask)], tokens.ids[-len(response_mask) :]

@@ -3,22 +3,38 @@
 It knows nothing of tokens or models. The verl agent loop (training), evaluation and the demo all drive
 the same :class:`Episode`, so the dialogue has exactly one implementation.
 
-Outcomes of a model turn (the parser's own cases are documented in :mod:`sparse_video_r1.protocol`):
+Outcomes of a model turn (the parser's own cases are documented in :mod:`sparse_video_r1.protocol`), and of
+the faults the environment meets while serving it. Every row ends the dialogue with a ``stop_reason`` or is
+counted in a field of :meth:`Episode.summary` (verl's ``extra_fields``, the reward's ``extra_info``):
 
-=====================================  ==================================================================
-model turn                             outcome
-=====================================  ==================================================================
-valid answer                           dialogue ends, ``answered``
-invalid / ambiguous turn               dialogue ends, ``invalid_turn`` (the reward's format term is 0)
-frame request on the last turn         dialogue ends, ``max_turns``
-timestamps < 0 or past the end         clamped to the video, counted in ``clamped_timestamps``
-timestamps of frames already shown     dropped, counted in ``repeated_timestamps``; a note tells the model
-more than ``max_frames_per_request``   the earliest ones kept, the rest counted in ``over_budget_timestamps``
-request with no frame budget left      no frames, a note says the budget is spent (also over budget)
-a turn cut off by ``max_tokens``       dialogue ends, ``truncated`` (decided by the caller, who sees tokens)
-next turn would overflow the context   dialogue ends, ``context_limit`` (decided by the caller)
-video missing / unreadable / hangs     dialogue ends, ``video_error`` / ``decode_timeout``
-=====================================  ==================================================================
+======================================  =================================================================
+model turn / fault                      outcome
+======================================  =================================================================
+valid answer                            dialogue ends, ``answered``
+invalid / ambiguous turn (incl. empty)  dialogue ends, ``invalid_turn``; the parser's slug in
+                                        ``invalid_reason`` (the reward's format term is 0)
+frame request on the last turn, or      dialogue ends, ``max_turns``
+when requests are disabled (baseline)
+timestamps < 0 or past the end          clamped to the video, counted in ``clamped_timestamps``
+(also huge ones such as ``1e308``)
+timestamps of frames already shown, or  dropped, counted in ``repeated_timestamps``; a note tells the model
+two falling on one frame in a request
+more than ``max_frames_per_request``    the earliest ones kept, the rest counted in ``over_budget_timestamps``
+new frames
+request with no frame budget left       no frames, counted in ``over_budget_timestamps``; a note says so
+a turn cut off by ``max_tokens`` (no    dialogue ends, ``truncated`` (decided by the caller, who sees tokens)
+end-of-turn token, or no token at all)
+next observation would overflow the     dialogue ends, ``context_limit`` (decided by the caller); also when
+context                                 the opening prompt alone exceeds the prompt length (0 turns)
+video missing / unreadable / empty /    dialogue ends, ``video_error``; the ``VideoError``'s reason slug in
+decode fails (at start or any request)  ``failure_reason`` (``missing``, ``unreadable``, ``decode_failed``...)
+a decode or open exceeds its timeout    dialogue ends, ``decode_timeout`` (``failure_reason`` too)
+any other exception in the sample       dialogue ends, ``error``; the exception's class in ``failure_reason``
+======================================  =================================================================
+
+The last three are the environment's faults, not the model's (:attr:`Episode.failed`): the caller gives
+such a sample no gradient, so a broken file or a lost server request never teaches the model that the
+turns it wrote before the fault were wrong.
 """
 
 from __future__ import annotations
@@ -33,7 +49,15 @@ from PIL import Image
 
 from sparse_video_r1 import protocol
 from sparse_video_r1.config import DialogueConfig
-from sparse_video_r1.frames import FrameSampler, TimedFrame, VideoInfo, frame_index, uniform_timestamps
+from sparse_video_r1.frames import (
+    DecodeTimeoutError,
+    FrameSampler,
+    TimedFrame,
+    VideoError,
+    VideoInfo,
+    frame_index,
+    uniform_timestamps,
+)
 
 
 class StopReason(str, enum.Enum):
@@ -49,6 +73,10 @@ class StopReason(str, enum.Enum):
     ERROR = "error"
 
 
+#: Stop reasons that say the environment failed, not the model (see :attr:`Episode.failed`).
+ENVIRONMENT_FAILURES = frozenset({StopReason.VIDEO_ERROR, StopReason.DECODE_TIMEOUT, StopReason.ERROR})
+
+
 @dataclass(frozen=True)
 class VideoQA:
     """One multiple-choice question about one video, as the preprocessed rows' ``extra_info`` carries it."""
@@ -61,9 +89,19 @@ class VideoQA:
 
     @classmethod
     def from_extra_info(cls, extra_info: Mapping[str, Any]) -> VideoQA:
+        """Read a row's ``extra_info``; a row that cannot become a prompt raises, naming the sample.
+
+        Preprocessing (:mod:`sparse_video_r1.data`) never writes such a row, so one means the dataset did
+        not come from it: failing the first step beats training on rows that can never be shown.
+        """
+        qid = extra_info.get("qid", "?")
         missing = [key for key in ("video_path", "question", "options") if key not in extra_info]
         if missing:
-            raise KeyError(f"extra_info of sample {extra_info.get('qid', '?')!r} lacks {missing}")
+            raise KeyError(f"extra_info of sample {qid!r} lacks {missing}")
+        if not 1 <= len(extra_info["options"]) <= len(protocol.OPTION_LETTERS):
+            raise ValueError(
+                f"sample {qid!r} has {len(extra_info['options'])} options; need 1..{len(protocol.OPTION_LETTERS)}"
+            )
         return cls(
             video_path=str(extra_info["video_path"]),
             question=str(extra_info["question"]),
@@ -103,6 +141,7 @@ class Episode:
     answer: str | None = None
     stop_reason: StopReason | None = None
     invalid_reason: str | None = None
+    failure_reason: str | None = None
     requested_timestamps: list[float] = field(default_factory=list)
     clamped_timestamps: int = 0
     repeated_timestamps: int = 0
@@ -111,6 +150,11 @@ class Episode:
     @property
     def done(self) -> bool:
         return self.stop_reason is not None
+
+    @property
+    def failed(self) -> bool:
+        """The environment ended the dialogue (video, decode or any other fault), not the model."""
+        return self.stop_reason in ENVIRONMENT_FAILURES
 
     @property
     def images(self) -> list[Image.Image]:
@@ -170,6 +214,11 @@ class Episode:
             return None
         return self._observe(turn.timestamps)
 
+    def opening_too_long(self) -> None:
+        """The caller could not fit the opening prompt into the context: no frame was shown, and it ends."""
+        self.frames.clear()
+        self.stop(StopReason.CONTEXT_LIMIT)
+
     def cut_off(self) -> None:
         """The caller saw the turn hit ``max_tokens`` before its end-of-turn token: it counts, and ends."""
         self.turns += 1
@@ -187,6 +236,19 @@ class Episode:
         if self.stop_reason is None:
             self.stop_reason = reason
 
+    def fail(self, error: Exception) -> None:
+        """End the dialogue because serving it raised ``error``, keeping its name for the metrics.
+
+        A :class:`~sparse_video_r1.frames.VideoError` gives its reason slug (``missing``, ``unreadable``,
+        ``decode_failed``, ...); anything else is a fault nobody named yet, so its class is what there is.
+        """
+        if isinstance(error, VideoError):
+            self.failure_reason = error.reason
+            self.stop(StopReason.DECODE_TIMEOUT if isinstance(error, DecodeTimeoutError) else StopReason.VIDEO_ERROR)
+        else:
+            self.failure_reason = type(error).__name__
+            self.stop(StopReason.ERROR)
+
     def summary(self) -> dict[str, Any]:
         """Per-sample fields for verl's ``extra_fields`` (the reward and the rollout dumps read them)."""
         return {
@@ -196,6 +258,7 @@ class Episode:
             "assistant_turns": self.turns,
             "invalid_turns": self.invalid_turns,
             "invalid_reason": self.invalid_reason,
+            "failure_reason": self.failure_reason,
             "requested_frames": len(self.frames) - min(len(self.frames), self.config.initial_frames),
             "requested_timestamps": list(self.requested_timestamps),
             "shown_timestamps": [frame.timestamp for frame in self.frames],

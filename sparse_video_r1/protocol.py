@@ -34,6 +34,7 @@ input                                                          outcome
 ``<frames>00:03.5, 1:02:03</frames>`` (clock times)            ``FrameRequest((3.5, 3723.0))``
 ``<frames>-2, 1e4</frames>``                                   ``FrameRequest((-2.0, 10000.0))`` (the
                                                                caller clamps to the video)
+``<frames>1e308</frames>`` (huge but finite)                   ``FrameRequest((1e308,))`` (clamped too)
 empty or whitespace-only text                                  ``Invalid("empty")``
 ``<think>`` never closed                                       ``Invalid("unclosed_tag")``
 ``<answer>B`` or ``<frames>1, 2`` never closed                 ``Invalid("unclosed_tag")``
@@ -45,7 +46,7 @@ two ``<frames>`` tags                                          ``Invalid("multip
 ``<frames></frames>``, ``<frames> , </frames>``                ``Invalid("empty_request")``
 more than :data:`MAX_PARSED_TIMESTAMPS` items in one tag       ``Invalid("too_many_timestamps")``
 ``<frames>1, soon</frames>``, ``nan``, ``inf``, ``1e999``,     ``Invalid("bad_timestamps")``
-``1:75``, ``3.5s-5s``
+``1:75``, ``3.5s-5s``, a clock time past float range
 ``<answer>Z</answer>``, ``E`` with 4 options, ``a dog``,       ``Invalid("bad_answer")``
 ``Apple``, empty answer, an unreadable second answer
 ``<answer>A</answer><answer>B</answer>``                       ``Invalid("multiple_answers")``
@@ -235,7 +236,8 @@ def parse_timestamp(token: str) -> float:
     """Seconds from ``3.5``, ``3.5s``, ``3.5 sec``, ``00:03.5`` or ``1:02:03``; ValueError on anything else.
 
     Only ASCII digits are accepted (Python's ``float`` would also take ``1_0`` or Arabic-Indic digits),
-    and NaN/inf are rejected so a request never carries a timestamp no clamp can fix.
+    and NaN/inf (also a clock time too large for a float) are rejected so a request never carries a
+    timestamp no clamp can fix. Huge finite values such as ``1e308`` are kept: the caller clamps them.
     """
     text = token.strip()
     seconds_match = _SECONDS.fullmatch(text.lower())
@@ -248,7 +250,10 @@ def parse_timestamp(token: str) -> float:
         hours, minutes, seconds = int(clock.group(1) or 0), int(clock.group(2)), float(clock.group(3))
         if (clock.group(1) is not None and minutes >= 60) or seconds >= 60:
             raise ValueError(f"clock field out of range in {token!r}")
-        value = hours * 3600.0 + minutes * 60.0 + seconds
+        try:
+            value = hours * 3600.0 + minutes * 60.0 + seconds
+        except OverflowError:  # a 400-digit hour field is an int no float can hold
+            raise ValueError(f"clock time too large: {token!r}") from None
     if not math.isfinite(value):
         raise ValueError(f"timestamp is not finite: {token!r}")
     return value + 0.0  # turns -0.0 into 0.0

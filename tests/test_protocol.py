@@ -128,6 +128,7 @@ REJECTED = [
     ("<frames>\u0663</frames>", "bad_timestamps"),
     ("<frames>0x10</frames>", "bad_timestamps"),
     ("<frames>3.5 ms</frames>", "bad_timestamps"),
+    ("<frames>" + "9" * 400 + ":00:00</frames>", "bad_timestamps"),  # hours past float range (found by fuzzing)
     ("<frames>" + " ".join("1" for _ in range(MAX_PARSED_TIMESTAMPS + 1)) + "</frames>", "too_many_timestamps"),
     # Two faults: the first check in the documented order wins.
     ("<answer>B</answer></frames><frames>", "stray_closing_tag"),
@@ -181,7 +182,9 @@ def test_parse_timestamp(token: str, seconds: float) -> None:
     assert parse_timestamp(token) == seconds
 
 
-@pytest.mark.parametrize("token", ["", "s", "abc", "nan", "inf", "1e999", "1:2:3:4", "1::2", "1,5", "3 4", "--1"])
+@pytest.mark.parametrize(
+    "token", ["", "s", "abc", "nan", "inf", "1e999", "1:2:3:4", "1::2", "1,5", "3 4", "--1", "9" * 400 + ":00"]
+)
 def test_parse_timestamp_rejects_junk(token: str) -> None:
     with pytest.raises(ValueError):
         parse_timestamp(token)
