@@ -1,11 +1,14 @@
 """Turn NExT-QA (or your own JSONL of video questions) into the parquet files verl trains on.
 
-    python dataset/NExT_QA.py --raw ROW_DATA --out DATA_DIR [--splits train val test] [--skip-bad-rows] [--limit N]
-    python dataset/NExT_QA.py --jsonl FILE --split NAME --out DATA_DIR [--skip-bad-rows] [--limit N]
+    python dataset/NExT_QA.py --raw ROW_DATA --out DATA_DIR [--splits train val test] [--skip-bad-rows]
+                              [--check-videos [--check-workers N]] [--limit N]
+    python dataset/NExT_QA.py --jsonl FILE --split NAME --out DATA_DIR [--skip-bad-rows] [--check-videos] [--limit N]
 
 Writes ``DATA_DIR/<split>.parquet`` and prints a per-split summary. Rows whose video file is missing are
-left out and reported. Runs from any directory whether or not ``pip install -e .`` was done: when the package
-is not importable, this checkout is put on ``sys.path``. All logic lives in :mod:`sparse_video_r1.data`.
+left out and reported; with ``--check-videos`` every video is also decoded at its first, middle and last
+frame, and rows whose video cannot be read are left out and reported with the reason. Runs from any
+directory whether or not ``pip install -e .`` was done: when the package is not importable, this checkout
+is put on ``sys.path``. All logic lives in :mod:`sparse_video_r1.data`.
 """
 
 from __future__ import annotations
@@ -35,6 +38,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--splits", nargs="+", choices=SPLITS, help=f"NExT-QA splits (default: {' '.join(SPLITS)})")
     parser.add_argument("--split", help="split name of the --jsonl file (names its parquet)")
     parser.add_argument("--skip-bad-rows", action="store_true", help="count malformed rows instead of failing")
+    parser.add_argument(
+        "--check-videos", action="store_true", help="decode 3 frames of every video; leave out unreadable ones"
+    )
+    parser.add_argument("--check-workers", type=int, default=4, help="videos probed at a time (default: 4)")
     parser.add_argument("--limit", type=int, help="write at most N rows per split (for quick runs)")
     args = parser.parse_args(argv)
     if args.jsonl is not None and not args.split:
@@ -45,6 +52,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--splits is for --raw; use --split NAME with --jsonl")
     if args.raw is not None and args.split:
         parser.error("--split is for --jsonl; use --splits with --raw")
+    if args.check_workers < 1:
+        parser.error("--check-workers must be >= 1")
     if args.limit is not None and args.limit < 1:
         parser.error("--limit must be >= 1")
     return args
@@ -63,7 +72,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        reports = [data.preprocess_split(parsed, args.out, limit=args.limit) for parsed in read_all(args)]
+        reports = [
+            data.preprocess_split(
+                parsed, args.out, limit=args.limit, check=args.check_videos, check_workers=args.check_workers
+            )
+            for parsed in read_all(args)
+        ]
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

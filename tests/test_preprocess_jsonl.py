@@ -99,7 +99,7 @@ def test_cli_script_writes_the_split_and_reports_missing_video(dataset_dir: Path
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines()[1].split() == ["mine", "6", "5", "1", "(1)", "0"]
+    assert result.stdout.splitlines()[1].split() == ["mine", "6", "5", "1", "(1)", "0", "-"]  # videos not probed
     assert f"missing: {dataset_dir / 'mine/videos/missing.mp4'}" in result.stdout
     frame = pd.read_parquet(out / "mine.parquet")
     assert list(frame["reward_model"].map(lambda r: r["ground_truth"])) == ["B", "E", "B", "D", "A"]
