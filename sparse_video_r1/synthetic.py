@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import pathlib
+from collections.abc import Iterable
 from fractions import Fraction
 
 import av
@@ -31,9 +32,7 @@ _SAMPLE_FRACTION = 0.5
 _AMBIGUOUS_BAND = (64.0, 192.0)
 
 
-def _validate(num_frames: int, fps: float, width: int, height: int, keyframe_interval: int | None) -> None:
-    if num_frames < 1 or num_frames > MAX_FRAMES:
-        raise ValueError(f"num_frames must be in [1, {MAX_FRAMES}], got {num_frames}")
+def _validate(fps: float, width: int, height: int, keyframe_interval: int | None) -> None:
     if not fps > 0 or not np.isfinite(fps):
         raise ValueError(f"fps must be a finite number > 0, got {fps}")
     for name, side in (("width", width), ("height", height)):
@@ -57,6 +56,51 @@ def index_image(index: int, *, width: int, height: int) -> np.ndarray:
     return np.repeat(grey[:, :, None], 3, axis=2)
 
 
+def write_video(
+    path: str | os.PathLike[str],
+    frames: Iterable[np.ndarray],
+    *,
+    fps: float,
+    width: int,
+    height: int,
+    keyframe_interval: int | None = None,
+) -> pathlib.Path:
+    """Write HxWx3 uint8 RGB ``frames`` as an H.264 (yuv420p) mp4 at a constant ``fps``; returns its path.
+
+    Frame ``i`` gets pts ``i``, so it is shown from ``i / fps`` seconds: exactly the frame that
+    :func:`sparse_video_r1.frames.frame_index` maps those timestamps to. ``keyframe_interval`` fixes the
+    GOP length (and turns off x264's scene-cut keyframes, which would otherwise add extra ones) so seeking
+    across GOP boundaries can be tested; None keeps the encoder default.
+    """
+    _validate(fps, width, height, keyframe_interval)
+    out = pathlib.Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    rate = Fraction(fps).limit_denominator(100_000)
+    count = 0
+    with av.open(str(out), mode="w") as container:
+        stream = container.add_stream("libx264", rate=rate)
+        stream.width = width
+        stream.height = height
+        stream.pix_fmt = "yuv420p"
+        if keyframe_interval is not None:
+            stream.codec_context.gop_size = keyframe_interval
+            stream.options = {"x264-params": f"keyint={keyframe_interval}:min-keyint={keyframe_interval}:scenecut=0"}
+        for pixels in frames:
+            if pixels.shape != (height, width, 3) or pixels.dtype != np.uint8:
+                raise ValueError(f"frame {count} is {pixels.dtype} {pixels.shape}; expected uint8 {(height, width, 3)}")
+            frame = av.VideoFrame.from_ndarray(pixels, format="rgb24")
+            frame.pts = count
+            frame.time_base = 1 / rate
+            container.mux(stream.encode(frame))
+            count += 1
+        container.mux(stream.encode(None))
+    if count == 0:
+        out.unlink()
+        raise ValueError(f"{out}: no frames to write")
+    logger.debug("wrote %d-frame video %s at %s fps", count, out, rate)
+    return out
+
+
 def write_index_video(
     path: str | os.PathLike[str],
     *,
@@ -66,31 +110,11 @@ def write_index_video(
     height: int = 48,
     keyframe_interval: int | None = None,
 ) -> pathlib.Path:
-    """Write an H.264 (yuv420p) mp4 whose frame ``i`` shows :func:`index_image` of ``i``; returns its path.
-
-    ``keyframe_interval`` fixes the GOP length (and turns off x264's scene-cut keyframes, which would
-    otherwise add extra ones) so seeking across GOP boundaries can be tested; None keeps the encoder default.
-    """
-    _validate(num_frames, fps, width, height, keyframe_interval)
-    out = pathlib.Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    rate = Fraction(fps).limit_denominator(100_000)
-    with av.open(str(out), mode="w") as container:
-        stream = container.add_stream("libx264", rate=rate)
-        stream.width = width
-        stream.height = height
-        stream.pix_fmt = "yuv420p"
-        if keyframe_interval is not None:
-            stream.codec_context.gop_size = keyframe_interval
-            stream.options = {"x264-params": f"keyint={keyframe_interval}:min-keyint={keyframe_interval}:scenecut=0"}
-        for index in range(num_frames):
-            frame = av.VideoFrame.from_ndarray(index_image(index, width=width, height=height), format="rgb24")
-            frame.pts = index
-            frame.time_base = 1 / rate
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode(None))
-    logger.debug("wrote %d-frame index video %s at %s fps", num_frames, out, rate)
-    return out
+    """Write an H.264 mp4 whose frame ``i`` shows :func:`index_image` of ``i``; returns its path."""
+    if num_frames < 1 or num_frames > MAX_FRAMES:
+        raise ValueError(f"num_frames must be in [1, {MAX_FRAMES}], got {num_frames}")
+    frames = (index_image(index, width=width, height=height) for index in range(num_frames))
+    return write_video(path, frames, fps=fps, width=width, height=height, keyframe_interval=keyframe_interval)
 
 
 def read_frame_index(image: Image.Image | np.ndarray) -> int:

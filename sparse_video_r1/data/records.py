@@ -10,6 +10,7 @@ import enum
 import logging
 import os
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,7 @@ ROW_SCHEMA = pa.schema(
         ),
     ]
 )
+_EXTRA_INFO: pa.StructType = ROW_SCHEMA.field("extra_info").type
 
 
 @dataclass(frozen=True)
@@ -70,8 +72,14 @@ class VideoQARecord:
     question_type: str | None
     source: str
     split: str
+    #: Task-specific numbers the reward or analysis needs (e.g. when the answer is visible), written as
+    #: float64 fields of ``extra_info`` next to the standard ones.
+    extras: Mapping[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        clashes = sorted(set(self.extras) & set(_EXTRA_INFO.names))
+        if clashes:
+            raise ValueError(f"{self.qid}: extras {clashes} would overwrite standard extra_info fields")
         if not MIN_OPTIONS <= len(self.options) <= len(LETTERS):
             raise ValueError(f"{self.qid}: need {MIN_OPTIONS}..{len(LETTERS)} options, got {len(self.options)}")
         if not 0 <= self.answer_index < len(self.options):
@@ -164,14 +172,29 @@ def to_verl_row(record: VideoQARecord, index: int) -> dict[str, Any]:
             "options": list(record.options),
             "answer": letter,
             "question_type": record.question_type,
+            **record.extras,
         },
     }
 
 
+def _row_schema(extras: Sequence[str] = ()) -> pa.Schema:
+    """:data:`ROW_SCHEMA` with a float64 ``extra_info`` field for each name in ``extras`` (a record's extras)."""
+    if not extras:
+        return ROW_SCHEMA
+    fields = [*_EXTRA_INFO, *(pa.field(name, pa.float64()) for name in extras)]
+    index = ROW_SCHEMA.get_field_index("extra_info")
+    return ROW_SCHEMA.set(index, pa.field("extra_info", pa.struct(fields)))
+
+
 def write_parquet(rows: list[dict[str, Any]], path: Path) -> None:
-    """Write rows with :data:`ROW_SCHEMA` atomically, so an interrupted run never leaves a half file."""
+    """Write rows atomically, so an interrupted run never leaves a half file.
+
+    The schema is :data:`ROW_SCHEMA` plus the first row's extras (:func:`_row_schema`), so every split of a
+    dataset gets the same one.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    table = pa.Table.from_pylist(rows, schema=ROW_SCHEMA)
+    extras = [name for name in rows[0]["extra_info"] if name not in _EXTRA_INFO.names] if rows else []
+    table = pa.Table.from_pylist(rows, schema=_row_schema(extras))
     tmp = path.with_name(path.name + ".tmp")
     pq.write_table(table, tmp)
     tmp.replace(path)

@@ -1,0 +1,230 @@
+#!/usr/bin/env bash
+# Proof of learning on ONE GPU: does GRPO teach the tiny Qwen2.5-VL *where to look*? Needle task
+# (sparse_video_r1/needle.py), SFT cold start on uninformed traces, then two GRPO runs that differ only in
+# sparse_video.loss_on: `main` (all_turns) and `ablation` (last_turn: request turns get no gradient).
+#
+#   STAGE=prepare,train DEADLINE_S=570 bash scripts/gpu/needle_grpo.sh OUT_DIR [extra hydra overrides...]
+#
+# STAGE is a comma list of parts, run in this order:
+#   prepare   tiny model, needle data, cold-start traces, SFT (WORK/{tiny,data,sft}).
+#   train     `main` and `ablation` at once on the one GPU: two verl processes, each its own local Ray cluster
+#             (ray_init.address=local) and vLLM engine with a fixed KV cache (kv_cache_memory_bytes: skips
+#             vLLM's memory profiling, which fails when another process on the GPU frees memory meanwhile).
+#   main, ablation   one run alone (the fallback if two at once do not fit).
+#   report    held-out evaluation (python -m sparse_video_r1.evaluate, vLLM, greedy) of the SFT model
+#             (adaptive and uniform 4/8/16/32) and of both RL models (adaptive), then the table.
+# Every call ends by writing the curves of what the runs have done so far (needle_curves.{png,json}) and
+# OUT_DIR/needle_runs.tgz (run logs, verl metrics, rollout and validation dumps, HF models, evaluations).
+#
+# The runs are time-bounded and resumable: each is stopped at DEADLINE_S seconds after this script started
+# (less PACK_S for packing up) and continues from its last checkpoint when `train` is called again, until
+# STEPS steps. verl saves a checkpoint every SAVE_EVERY steps and, through its capacity-expiration hook
+# (MLP_CURRENT_CAPACITY_BLOCK_EXPIRATION_TIMESTAMP), after every step of the last minute before the deadline;
+# metrics and rollout dumps are written every step, so a stopped run keeps its curve. WORK (default
+# /tmp/svr1_needle) holds the state between calls.
+# Knobs: STEPS (150), DEADLINE_S (570), PACK_S (40), SAVE_EVERY (10), VAL_EVERY (10), BATCH (16 questions per
+# step), N (8 rollouts each), MINI_BATCH (8 questions per update), LR (1e-4), GPU_UTIL (0.25 per run),
+# KV_CACHE_GB (4 per run), TRAIN (512), VAL (128), TRACES (2 per train video), SFT_EPOCHS (3), SFT_LR (1e-3), SEED (0).
+# PRINT_OVERRIDES=1 prints the `main` run's hydra overrides, one per line, and exits (the tests compose them).
+set -euo pipefail
+STARTED=$(date +%s)
+OUT=$(mkdir -p "${1:?usage: needle_grpo.sh OUT_DIR [hydra overrides...]}" && cd "$1" && pwd)
+shift
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$ROOT"
+WORK=${WORK:-/tmp/svr1_needle}
+STAGE=${STAGE:-prepare,train,report}
+STEPS=${STEPS:-150}
+DEADLINE_S=${DEADLINE_S:-570}
+PACK_S=${PACK_S:-40}
+SAVE_EVERY=${SAVE_EVERY:-10}
+VAL_EVERY=${VAL_EVERY:-10}
+BATCH=${BATCH:-16}
+N=${N:-8}
+MINI_BATCH=${MINI_BATCH:-8}
+LR=${LR:-1e-4}
+GPU_UTIL=${GPU_UTIL:-0.25}
+KV_CACHE_GB=${KV_CACHE_GB:-4}
+SEED=${SEED:-0}
+PROMPT_LENGTH=${PROMPT_LENGTH:-768}
+RESPONSE_LENGTH=${RESPONSE_LENGTH:-384}
+DEADLINE=$((STARTED + DEADLINE_S - PACK_S))
+export RAY_AUTH_MODE=disabled VLLM_USE_FLASHINFER_SAMPLER=0 PYTHONUNBUFFERED=1
+# The needle task's dialogue (sparse_video_r1.needle.DIALOGUE): as JSON on the first line, for the generator and
+# SFT, then as hydra overrides for the runs (++: also fields the YAML does not list).
+mapfile -t DIALOGUE_LINES < <(python -c 'import dataclasses, json
+from sparse_video_r1.needle import DIALOGUE
+fields = dataclasses.asdict(DIALOGUE)
+print(json.dumps(fields))
+for key, value in fields.items():
+    print(f"++sparse_video.{key}={value}")')
+DIALOGUE=${DIALOGUE_LINES[0]}
+DIALOGUE_OVERRIDES=("${DIALOGUE_LINES[@]:1}")
+# The same dialogue as evaluate's flags.
+EVAL_DIALOGUE=(--initial-frames 4 --max-frames-per-request 1 --max-total-frames 6 --max-turns 3 --max-pixels 12544
+  --max-tokens-per-turn 48 --prompt-length "$PROMPT_LENGTH" --response-length "$RESPONSE_LENGTH")
+
+has_stage() { [[ ",$STAGE," == *",$1,"* ]]; }
+log() { echo "[needle_grpo $(($(date +%s) - STARTED))s] $*"; }
+
+overrides() {  # overrides RUN_NAME LOSS_ON
+  local run=$WORK/runs/$1
+  printf '%s\n' \
+    "data.train_files=$WORK/data/train.parquet" \
+    "data.val_files=$WORK/data/val.parquet" \
+    "data.train_batch_size=$BATCH" \
+    "data.dataloader_num_workers=0" \
+    "data.max_prompt_length=$PROMPT_LENGTH" \
+    "data.max_response_length=$RESPONSE_LENGTH" \
+    "actor_rollout_ref.model.path=$WORK/sft" \
+    "actor_rollout_ref.model.use_remove_padding=False" \
+    "+actor_rollout_ref.model.override_config.attn_implementation=sdpa" \
+    "actor_rollout_ref.actor.optim.lr=$LR" \
+    "actor_rollout_ref.actor.use_kl_loss=False" \
+    "actor_rollout_ref.actor.ppo_mini_batch_size=$MINI_BATCH" \
+    "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=$((MINI_BATCH * N))" \
+    "actor_rollout_ref.actor.checkpoint.save_contents=[model,optimizer,extra,hf_model]" \
+    "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=$((BATCH * N))" \
+    "actor_rollout_ref.rollout.tensor_model_parallel_size=1" \
+    "actor_rollout_ref.rollout.gpu_memory_utilization=$GPU_UTIL" \
+    "+actor_rollout_ref.rollout.engine_kwargs.vllm.kv_cache_memory_bytes=$((KV_CACHE_GB << 30))" \
+    "actor_rollout_ref.rollout.enforce_eager=True" \
+    "actor_rollout_ref.rollout.n=$N" \
+    "actor_rollout_ref.rollout.prompt_length=$PROMPT_LENGTH" \
+    "actor_rollout_ref.rollout.response_length=$RESPONSE_LENGTH" \
+    "actor_rollout_ref.rollout.agent.num_workers=2" \
+    "actor_rollout_ref.rollout.agent.agent_loop_config_path=$ROOT/configs/agent_loops.yaml" \
+    "${DIALOGUE_OVERRIDES[@]}" \
+    "sparse_video.loss_on=$2" \
+    "reward.custom_reward_function.path=pkg://sparse_video_r1.needle" \
+    "+ray_kwargs.ray_init.address=local" \
+    "trainer.use_v1=False" \
+    "trainer.n_gpus_per_node=1" \
+    "trainer.nnodes=1" \
+    "trainer.total_epochs=1000" \
+    "trainer.total_training_steps=$STEPS" \
+    "trainer.val_before_train=True" \
+    "trainer.test_freq=$VAL_EVERY" \
+    "trainer.save_freq=$SAVE_EVERY" \
+    "trainer.max_actor_ckpt_to_keep=1" \
+    "trainer.resume_mode=auto" \
+    "trainer.default_local_dir=$WORK/ckpt_$1" \
+    "trainer.logger=[console,file]" \
+    "trainer.rollout_data_dir=$run/rollouts" \
+    "trainer.validation_data_dir=$run/validation" \
+    "trainer.project_name=sparse_video_r1" \
+    "trainer.experiment_name=needle_$1"
+}
+
+if [ "${PRINT_OVERRIDES:-0}" = 1 ]; then
+  overrides main all_turns
+  [ $# -gt 0 ] && printf '%s\n' "$@"
+  exit 0
+fi
+
+grpo() {  # grpo RUN_NAME LOSS_ON [extra overrides...]: run until STEPS or DEADLINE, then export the last HF model
+  local name=$1 run=$WORK/runs/$1 part budget pid status=0
+  mapfile -t args < <(overrides "$1" "$2")
+  shift 2
+  part=$(date +%Y%m%d-%H%M%S)
+  budget=$((DEADLINE - $(date +%s)))
+  mkdir -p "$run"
+  if [ "$budget" -lt 150 ]; then
+    log "$name: only ${budget}s before the deadline, not starting"
+    return 0
+  fi
+  echo "python -m verl.trainer.main_ppo --config-path=$ROOT/configs --config-name=sparse_video_grpo ${args[*]} $*" \
+    > "$run/command.txt"
+  log "$name: starting (loss_on=$2, at most ${budget}s; log $run/grpo_$part.log)"
+  # timeout puts the run in its own process group and signals all of it (Ray and vLLM processes included).
+  MLP_CURRENT_CAPACITY_BLOCK_EXPIRATION_TIMESTAMP=$DEADLINE VERL_FILE_LOGGER_PATH="$run/metrics_$part.jsonl" \
+    timeout -s TERM -k 20 "$budget" python -m verl.trainer.main_ppo --config-path="$ROOT/configs" \
+    --config-name=sparse_video_grpo "${args[@]}" "$@" > "$run/grpo_$part.log" 2>&1 &
+  pid=$!
+  wait "$pid" || status=$?
+  kill -KILL -- "-$pid" 2>/dev/null || true
+  log "$name: exit status $status ($( [ "$status" = 124 ] && echo 'stopped at the deadline' || echo finished)); last lines:"
+  grep -E "step:[0-9]+ " "$run/grpo_$part.log" | tail -n 1 | cut -c 1-400 || true
+  tail -n 5 "$run/grpo_$part.log"
+  local ckpt=$WORK/ckpt_$name
+  if [ -f "$ckpt/latest_checkpointed_iteration.txt" ]; then
+    local step
+    step=$(cat "$ckpt/latest_checkpointed_iteration.txt")
+    rm -rf "$run/hf_model"
+    cp -r "$ckpt/global_step_$step/actor/huggingface" "$run/hf_model"
+    echo "$step" > "$run/hf_model_step.txt"
+    log "$name: HF model of step $step in $run/hf_model"
+  fi
+}
+
+curves() {
+  python scripts/plot_needle_curves.py --run "main=$WORK/runs/main" --run "ablation=$WORK/runs/ablation" \
+    --out "$OUT" || log "plotting failed"
+}
+
+if has_stage prepare; then
+  rm -rf "$WORK"
+  mkdir -p "$WORK/runs"
+  python -m sparse_video_r1.tiny_model "$WORK/tiny"
+  log "generating needle videos"
+  python -m sparse_video_r1.needle --out "$WORK/data" --train "${TRAIN:-512}" --val "${VAL:-128}" --seed "$SEED" \
+    --traces "${TRACES:-2}" --dialogue "$DIALOGUE" > "$WORK/needle_data.json"
+  log "SFT cold start"
+  python -m sparse_video_r1.sft --dialogue "$DIALOGUE" train --model "$WORK/tiny" --traces "$WORK/data/traces.jsonl" \
+    --out "$WORK/sft" --epochs "${SFT_EPOCHS:-3}" --lr "${SFT_LR:-1e-3}" --seed "$SEED" --dtype float32 \
+    > "$WORK/sft.log" 2>&1
+  cp "$WORK/sft/sft_metrics.json" "$OUT/"
+  log "SFT done: $(python -c 'import json, sys; m = json.load(open(sys.argv[1])); print({k: m[k] for k in ("examples", "first_epoch_loss", "last_epoch_loss", "seconds")})' "$WORK/sft/sft_metrics.json")"
+fi
+[ -d "$WORK/sft" ] || { echo "no $WORK/sft: run STAGE=prepare first (the device machine was replaced?)" >&2; exit 1; }
+if has_stage train; then
+  grpo main all_turns "$@" &
+  main_pid=$!
+  grpo ablation last_turn "$@" &
+  ablation_pid=$!
+  wait "$main_pid" || true
+  wait "$ablation_pid" || true
+fi
+if has_stage main; then grpo main all_turns "$@"; fi
+if has_stage ablation; then grpo ablation last_turn "$@"; fi
+has_stage report || curves
+
+if has_stage report; then
+  evaluate() {  # evaluate NAME MODEL [evaluate flags...]: vLLM, greedy, the held-out split
+    local name=$1 model=$2
+    shift 2
+    if [ ! -d "$model" ]; then log "eval $name: no model at $model"; return 0; fi
+    log "eval $name: $model"
+    timeout -k 10 "$((DEADLINE - $(date +%s)))" python -m sparse_video_r1.evaluate --model "$model" \
+      --data "$WORK/data/val.parquet" --out "$WORK/eval/$name" --backend vllm --enforce-eager \
+      --gpu-memory-utilization "$GPU_UTIL" --vllm-kwargs "{\"kv_cache_memory_bytes\": $((KV_CACHE_GB << 30))}" \
+      "${EVAL_DIALOGUE[@]}" "$@" > "$WORK/eval/$name.log" 2>&1 \
+      || log "eval $name failed or was stopped: $(tail -n 3 "$WORK/eval/$name.log")"
+  }
+  mkdir -p "$WORK/eval"
+  # Three engines at once, like the two training runs: fixed KV caches, so no engine profiles memory.
+  evaluate sft "$WORK/sft" --uniform 4,8,16,32 &
+  evaluate main "$WORK/runs/main/hf_model" --uniform 4 &
+  evaluate ablation "$WORK/runs/ablation/hf_model" --uniform 4 &
+  wait
+  curves
+  python scripts/plot_needle_curves.py --val "$WORK/data/val.parquet" --out "$OUT" \
+    --eval "sft=$WORK/eval/sft" --eval "main=$WORK/eval/main" --eval "ablation=$WORK/eval/ablation" \
+    || log "table failed"
+fi
+# What comes back (at most 8 files of 16 MiB): the curves and table above, sft_metrics.json and two archives.
+# needle_runs.tgz: logs, verl metrics, validation dumps, evaluations and the rollout dumps of step 1, every 25th
+# and the last step (the curves hold every step's means); needle_models.tgz: the SFT and both RL models (HF).
+(
+  cd "$WORK"
+  find runs eval needle_data.json sft.log -type f ! -path '*/rollouts/*' ! -path '*/hf_model/*' 2>/dev/null || true
+  for run in runs/*/rollouts; do
+    [ -d "$run" ] || continue
+    last=$(find "$run" -name '*.jsonl' -printf '%f\n' | sort -n | tail -n 1)
+    find "$run" -name '*.jsonl' -printf '%f\n' | awk -v last="$last" -v dir="$run" \
+      '{ step = $0; sub(/\.jsonl$/, "", step); if (step == 1 || step % 25 == 0 || $0 == last) print dir "/" $0 }'
+  done
+) > "$WORK/pack.txt"
+tar czf "$OUT/needle_runs.tgz" -C "$WORK" -T "$WORK/pack.txt"
+tar czf "$OUT/needle_models.tgz" -C "$WORK" sft $(cd "$WORK" && ls -d runs/*/hf_model runs/*/hf_model_step.txt 2>/dev/null)
+log "done: $(cd "$OUT" && du -h -- * | tr '\t\n' ': ')"

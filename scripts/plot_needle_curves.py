@@ -1,0 +1,196 @@
+"""Learning curves and the held-out table of the needle proof-of-learning runs (``scripts/gpu/needle_grpo.sh``).
+
+Curves: per training step, from what verl itself wrote into each run folder: the rollout dumps
+(``rollouts/<step>.jsonl``, one line per dialogue with the fields of :func:`sparse_video_r1.needle.compute_score`)
+and the file logger's metrics (``metrics*.jsonl``: one file per invocation, so a resumed run adds a file; a
+later file wins for a step both hold). Validation points (greedy, the held-out split) come from the
+``val-aux/needle/<field>/mean@1`` metrics. Writes ``needle_curves.json`` (every step of every run) and
+``needle_curves.png`` (training accuracy, distance to the needle, frames and validation accuracy against step).
+
+Table: ``--eval NAME=DIR`` adds the records of ``python -m sparse_video_r1.evaluate`` runs
+(``DIR/records_<method>.jsonl``) scored against the needles of ``--val``; writes ``needle_table.{json,md}``.
+
+    python scripts/plot_needle_curves.py --run main=RUN_DIR --run ablation=RUN_DIR --out OUT \\
+        [--val DATA/val.parquet --eval sft=EVAL_DIR --eval main=EVAL_DIR ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import pyarrow.parquet as pq
+
+from sparse_video_r1 import needle
+
+#: Per-dialogue fields of the rollout dumps averaged per step.
+DUMP_FIELDS = ("accuracy", "hit_needle", "needle_distance", "frames_used", "assistant_turns", "score")
+#: Validation metrics (verl's names for the reward's extra fields) copied per step.
+VAL_FIELDS = ("accuracy", "hit_needle", "needle_distance", "frames_used", "assistant_turns")
+#: Training metrics copied per step.
+VERL_KEYS = {"step_s": "timing_s/step", "reward_mean": "critic/score/mean", "entropy": "actor/entropy"}
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """JSON lines; a torn last line (a run killed mid-write) is dropped."""
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return statistics.fmean(values) if values else None
+
+
+def step_stats(samples: Sequence[Mapping[str, Any]]) -> dict[str, float | int | None]:
+    """Means of one step's dialogues; ``needle_distance_requested`` only over dialogues that asked for frames."""
+    row: dict[str, float | int | None] = {"samples": len(samples)}
+    row.update({key: _mean([float(s[key]) for s in samples]) for key in DUMP_FIELDS})
+    asked = [s for s in samples if float(s["requested_frames"]) > 0]
+    row["share_requested"] = len(asked) / len(samples) if samples else None
+    row["needle_distance_requested"] = _mean([float(s["needle_distance"]) for s in asked])
+    return row
+
+
+def run_curve(run: Path) -> list[dict[str, Any]]:
+    """One row per step that has a rollout dump or a metrics line."""
+    metrics: dict[int, dict[str, Any]] = {}
+    for path in sorted(run.glob("metrics*.jsonl")):
+        for entry in read_jsonl(path):
+            metrics.setdefault(int(entry["step"]), {}).update(entry["data"])
+    dumps = {int(path.stem): path for path in (run / "rollouts").glob("*.jsonl") if path.stem.isdigit()}
+    rows = []
+    for step in sorted(set(metrics) | set(dumps)):
+        data = metrics.get(step, {})
+        row: dict[str, Any] = {"step": step}
+        samples = read_jsonl(dumps[step]) if step in dumps else []
+        if samples:
+            row.update(step_stats(samples))
+        row.update({name: data[key] for name, key in VERL_KEYS.items() if key in data})
+        for key in VAL_FIELDS:
+            value = data.get(f"val-aux/{needle.DATA_SOURCE}/{key}/mean@1")
+            if value is not None:
+                row[f"val_{key}"] = value
+        rows.append(row)
+    return rows
+
+
+def plot_curves(curves: Mapping[str, list[dict[str, Any]]], path: Path) -> None:
+    panels = (
+        ("accuracy", "training accuracy (rollouts)"),
+        ("needle_distance_requested", "distance to needle, s (requesting dialogues)"),
+        ("frames_used", "frames per dialogue"),
+        ("val_accuracy", "held-out accuracy (greedy)"),
+    )
+    figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4))
+    for axis, (key, title) in zip(axes, panels, strict=True):
+        for name, rows in curves.items():
+            points = [(row["step"], row[key]) for row in rows if row.get(key) is not None]
+            if points:
+                steps, values = zip(*points, strict=True)
+                axis.plot(steps, values, marker="o" if key.startswith("val_") else None, markersize=3, label=name)
+        if key in ("accuracy", "val_accuracy"):
+            axis.axhline(1 / len(needle.COLOURS), color="grey", linestyle=":", linewidth=1, label="chance")
+        axis.set_title(title, fontsize=10)
+        axis.set_xlabel("GRPO step")
+        axis.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def score_records(records: Sequence[Mapping[str, Any]], infos: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """Accuracy, frames and where the dialogues looked, for evaluate's records of the ``infos`` questions."""
+    rows = []
+    for record in records:
+        card = needle.Needle.from_extra_info(infos[record["qid"]])
+        requested = [float(t) for t in record["requested_timestamps"]]
+        rows.append(
+            {
+                "accuracy": float(record["correct"]),
+                "format": float(record["stop_reason"] == "answered"),
+                "hit_needle": float(any(card.shows(float(t)) for t in record["shown_timestamps"])),
+                "needle_distance": min((abs(t - card.time) for t in requested), default=card.duration),
+                "frames_used": float(record["frames_used"]),
+                "requested_frames": float(len(requested)),
+            }
+        )
+    return needle.outcome_stats(rows)
+
+
+def eval_table(val: Path, evals: Mapping[str, Path]) -> list[dict[str, Any]]:
+    """One row per (evaluation, method); uniform rows also give the accuracy bound of a perfect reader."""
+    infos = {info["qid"]: info for info in pq.read_table(val).column("extra_info").to_pylist()}
+    table = []
+    for name, folder in evals.items():
+        for path in sorted(folder.glob("records_*.jsonl")):
+            method = path.stem.removeprefix("records_")
+            latest = {record["qid"]: record for record in read_jsonl(path) if record["qid"] in infos}
+            row: dict[str, Any] = {"model": name, "method": method, **score_records(list(latest.values()), infos)}
+            if method.startswith("uniform_"):
+                hit = needle.uniform_hit_rate([infos[qid] for qid in latest], int(method.removeprefix("uniform_")))
+                row["perfect_reader_accuracy"] = hit + (1 - hit) / len(needle.COLOURS)
+            table.append(row)
+    return table
+
+
+def markdown(table: Sequence[Mapping[str, Any]]) -> str:
+    columns = ("model", "method", "samples", "accuracy", "frames_used", "hit_rate", "accuracy_when_hit",
+               "needle_distance", "share_requested", "perfect_reader_accuracy")  # fmt: skip
+
+    def cell(value: Any) -> str:
+        return "–" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(row.get(column)) for column in columns) + " |" for row in table]
+    return "\n".join(lines) + "\n"
+
+
+def _named_paths(items: Sequence[str]) -> dict[str, Path]:
+    pairs = [item.split("=", 1) for item in items]
+    if any(len(pair) != 2 for pair in pairs):
+        raise SystemExit(f"expected NAME=PATH, got {items}")
+    return {name: Path(path) for name, path in pairs}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run", action="append", default=[], help="NAME=RUN_DIR (repeatable)")
+    parser.add_argument("--eval", action="append", default=[], help="NAME=EVALUATE_OUT_DIR (repeatable)")
+    parser.add_argument("--val", type=Path, help="the held-out parquet the evaluations ran on")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    runs = {name: run for name, run in _named_paths(args.run).items() if run.is_dir()}
+    if runs:
+        curves = {name: run_curve(run) for name, run in runs.items()}
+        (args.out / "needle_curves.json").write_text(json.dumps(curves, indent=1) + "\n")
+        plot_curves(curves, args.out / "needle_curves.png")
+        for name, rows in curves.items():
+            last = [row for row in rows if "accuracy" in row][-10:]
+            means = {key: _mean([row[key] for row in last]) for key in ("accuracy", "needle_distance", "frames_used")}
+            print(f"{name}: {len(rows)} steps logged; means over the last {len(last)} trained steps: {means}")
+    if args.eval:
+        if args.val is None:
+            raise SystemExit("--eval needs --val")
+        table = eval_table(args.val, _named_paths(args.eval))
+        (args.out / "needle_table.json").write_text(json.dumps(table, indent=1) + "\n")
+        (args.out / "needle_table.md").write_text(markdown(table))
+        print(markdown(table))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,449 @@
+"""Needle in a video: a synthetic task where choosing *where to look* is the only way to score.
+
+No real weights reach the test and GPU machines, so "RL teaches the model to request the right frames"
+has to be shown with the tiny random Qwen2.5-VL. This task makes that measurable.
+
+Design
+======
+
+* A video is 20-60 s of small frames (56x56 at 2 fps; the dialogue shows each as 16 visual tokens). A card
+  (one of :data:`COLOURS`) fills the frame for :data:`NEEDLE_SECONDS` seconds; every other frame is a
+  flat grey. The question asks the card's colour; the five options are always the colours in the same
+  order, so the answer letter depends on the card alone. Answering blind scores 20 %.
+* The card is centred on one of :data:`NUM_SLOTS` fixed times ``3, 9, ..., 57`` s (slot ``k`` at
+  ``SLOT_SECONDS * (k + 0.5)``) that lies inside the video and whose card no initial uniform frame shows:
+  the dialogue's opening frames never hit the needle, so answering at once stays at chance.
+* The cue: the grey of every non-card frame encodes the card's slot (:func:`cue_level`, dark = early,
+  bright = late). Any initial frame therefore says where the card is, and a policy that reads it can
+  request the slot's centre (``<frames>27</frames>``) and see the card in one request.
+
+Why this is learnable by the tiny model (2-layer, 64-wide vision tower, 2-layer 128-wide LM)
+---------------------------------------------------------------------------------------------
+
+* The cue is a property of the *whole* frame, so every one of the four visual tokens of every initial
+  frame carries it: no spatial reasoning, just a per-token feature the LM can attend to.
+* The cue gives the card's time on an absolute grid of ten integers, not as a fraction of the video's
+  duration: turning a fraction into seconds would ask a 2-layer LM to multiply a visual reading by a
+  number from the prompt, learnable in principle but not in a few GRPO steps. Here the request is a
+  ten-way choice of digits conditioned on one visual feature.
+* The card is 2 s long, so any request within 1 s of the slot's centre shows it (an off-by-one second is
+  still a hit), and a shown card is a saturated colour filling the frame: trivial to read.
+* The cold start (:func:`needle_traces`) requests *random* slot centres, so RL starts from a policy that
+  explores all ten answers to "where" and hits the card in roughly one dialogue of six; GRPO groups then
+  contain hits and misses whose only systematic difference is the requested time given the cue.
+
+A blind policy that scans the grid is held back by the frame budget of :data:`DIALOGUE` (one frame per
+request, two requests), so hitting reliably requires reading the cue. Uniform sampling needs many frames
+to hit a 2-s card: :func:`uniform_hit_rate` gives the share of videos a given number of uniform frames
+hits, i.e. the accuracy bound of a perfect reader of uniform frames.
+
+Reward (``reward.custom_reward_function.path=pkg://sparse_video_r1.needle``): :func:`compute_score` is the
+standard :func:`sparse_video_r1.reward.compute_score` plus ``needle_distance`` and ``hit_needle`` for
+logging; they are not reward terms.
+
+CLI::
+
+    python -m sparse_video_r1.needle --out DIR --train 512 --val 128 --seed 0 [--traces 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import random
+import statistics
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from sparse_video_r1 import reward
+from sparse_video_r1.config import DialogueConfig, from_mapping
+from sparse_video_r1.data.records import VideoQARecord, to_verl_row, write_parquet
+from sparse_video_r1.dialogue import Episode, VideoQA
+from sparse_video_r1.frames import FrameSampler, VideoInfo, frame_index, uniform_timestamps
+from sparse_video_r1.protocol import OPTION_LETTERS
+from sparse_video_r1.synthetic import write_video
+
+logger = logging.getLogger(__name__)
+
+DATA_SOURCE = "needle"
+FPS = 2.0
+#: Frame side in pixels; frames are flat colours, so any resize shows the same content.
+SIDE = 56
+MIN_SECONDS = 20.0
+MAX_SECONDS = 60.0
+SLOT_SECONDS = 6.0
+NUM_SLOTS = round(MAX_SECONDS / SLOT_SECONDS)
+NEEDLE_SECONDS = 2.0
+#: The card ends at least this long before the video does: a request past the end is clamped to the last
+#: frame, which must not be a way to find a card without reading the cue.
+END_MARGIN_SECONDS = 1.0
+#: Card colours (RGB), in option order. Saturated, so no grey cue frame is mistaken for a card.
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 40, 40),
+    "green": (40, 180, 60),
+    "blue": (40, 80, 220),
+    "yellow": (230, 210, 40),
+    "purple": (150, 50, 200),
+}
+#: Grey of slot 0 and of the last slot; the slots in between are evenly spaced.
+CUE_LEVELS = (20, 235)
+#: A frame whose channels differ by less than this (after coding) is grey, i.e. a cue frame.
+_GREY_CHROMA = 60.0
+QUESTION = (
+    f"A coloured card fills the screen for {NEEDLE_SECONDS:g} seconds. Which colour is it? Every other frame "
+    f"is grey, and the brighter the grey, the later the card: darkest means near 0 seconds, "
+    f"brightest near {MAX_SECONDS:g} seconds."
+)
+#: The dialogue the task is built for: four opening frames, then at most two one-frame requests. Every
+#: frame is shown at DialogueConfig's default minimum size (16 visual tokens), so tools that set only a
+#: maximum (``evaluate --max-pixels``) reproduce it.
+DIALOGUE = DialogueConfig(
+    initial_frames=4,
+    max_frames_per_request=1,
+    max_total_frames=6,
+    max_turns=3,
+    max_pixels=DialogueConfig.min_pixels,
+    max_tokens_per_turn=48,
+)
+
+
+def slot_centre(slot: int) -> float:
+    """The time (s) the card of ``slot`` is centred on."""
+    if not 0 <= slot < NUM_SLOTS:
+        raise ValueError(f"slot must be in 0..{NUM_SLOTS - 1}, got {slot}")
+    return SLOT_SECONDS * (slot + 0.5)
+
+
+def cue_level(slot: int) -> int:
+    """The grey level every non-card frame of a video whose card is in ``slot`` shows."""
+    low, high = CUE_LEVELS
+    return round(low + (high - low) * slot / (NUM_SLOTS - 1))
+
+
+def cue_image(slot: int) -> np.ndarray:
+    return np.full((SIDE, SIDE, 3), cue_level(slot), dtype=np.uint8)
+
+
+def card_image(colour: int) -> np.ndarray:
+    return np.broadcast_to(np.array(list(COLOURS.values())[colour], dtype=np.uint8), (SIDE, SIDE, 3)).copy()
+
+
+def _mean_rgb(image: Image.Image | np.ndarray) -> np.ndarray:
+    """Mean colour of the central half of the frame, away from edges that coding and resizing blur."""
+    pixels = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image, dtype=np.float32)
+    height, width = pixels.shape[:2]
+    return pixels[height // 4 : height - height // 4, width // 4 : width - width // 4].reshape(-1, 3).mean(axis=0)
+
+
+def read_card(image: Image.Image | np.ndarray) -> int | None:
+    """The colour index of a card frame, or None for a grey (cue) frame."""
+    rgb = _mean_rgb(image)
+    if rgb.max() - rgb.min() < _GREY_CHROMA:
+        return None
+    distances = [float(np.linalg.norm(rgb - np.array(colour))) for colour in COLOURS.values()]
+    return distances.index(min(distances))
+
+
+def read_cue(image: Image.Image | np.ndarray) -> int:
+    """The slot a grey frame's level encodes; ValueError for a card frame."""
+    rgb = _mean_rgb(image)
+    if rgb.max() - rgb.min() >= _GREY_CHROMA:
+        raise ValueError(f"mean colour {rgb.round().tolist()} is a card, not a cue frame")
+    levels = [cue_level(slot) for slot in range(NUM_SLOTS)]
+    gaps = [abs(float(rgb.mean()) - level) for level in levels]
+    return gaps.index(min(gaps))
+
+
+@dataclass(frozen=True)
+class Needle:
+    """When the card is on screen: frames whose timestamp ``index / FPS`` lies in ``[start, end)``."""
+
+    start: float
+    end: float
+    duration: float
+
+    @classmethod
+    def from_extra_info(cls, extra_info: Mapping[str, Any]) -> Needle:
+        try:
+            start, end, duration = (float(extra_info[key]) for key in ("needle_start", "needle_end", "duration"))
+        except KeyError as error:
+            raise KeyError(f"extra_info of {extra_info.get('qid', '?')!r} is not a needle row: no {error}") from None
+        return cls(start, end, duration)
+
+    @property
+    def time(self) -> float:
+        """The card's centre, the time a perfect policy requests."""
+        return (self.start + self.end) / 2
+
+    def shows(self, timestamp: float) -> bool:
+        return self.start <= timestamp < self.end
+
+    def extras(self) -> dict[str, float]:
+        """The row's ``extra_info`` fields that :meth:`from_extra_info` reads back."""
+        return {"needle_start": self.start, "needle_end": self.end, "duration": self.duration}
+
+
+def frame_times(num_frames: int, timestamps: Sequence[float]) -> list[float]:
+    """Timestamps of the frames the sampler returns for ``timestamps`` (``index / FPS``, as the model is told)."""
+    info = VideoInfo(path="", num_frames=num_frames, fps=FPS, duration=num_frames / FPS)
+    return [frame_index(info, t) / FPS for t in timestamps]
+
+
+def uniform_frame_times(duration: float, count: int) -> list[float]:
+    """Timestamps of the ``count`` uniform frames a dialogue opens with (or a uniform baseline shows)."""
+    num_frames = round(duration * FPS)
+    return frame_times(num_frames, uniform_timestamps(duration, min(count, num_frames)))
+
+
+@dataclass(frozen=True)
+class NeedleVideo:
+    """One generated video: ``num_frames`` frames at :data:`FPS`, the card of ``colour`` in ``slot``."""
+
+    num_frames: int
+    slot: int
+    colour: int
+
+    @property
+    def duration(self) -> float:
+        return self.num_frames / FPS
+
+    @property
+    def needle(self) -> Needle:
+        centre = slot_centre(self.slot)
+        return Needle(centre - NEEDLE_SECONDS / 2, centre + NEEDLE_SECONDS / 2, self.duration)
+
+    def frames(self) -> Iterator[np.ndarray]:
+        needle = self.needle
+        for index in range(self.num_frames):
+            yield card_image(self.colour) if needle.shows(index / FPS) else cue_image(self.slot)
+
+
+def valid_slots(num_frames: int, initial_frames: int) -> list[int]:
+    """Slots whose card ends :data:`END_MARGIN_SECONDS` before the video and shows in none of the
+    ``initial_frames`` uniform frames."""
+    duration = num_frames / FPS
+    opening = uniform_frame_times(duration, initial_frames)
+    slots = []
+    for slot in range(NUM_SLOTS):
+        needle = NeedleVideo(num_frames, slot, 0).needle
+        if needle.end + END_MARGIN_SECONDS <= duration and not any(needle.shows(t) for t in opening):
+            slots.append(slot)
+    return slots
+
+
+def draw_video(rng: random.Random, initial_frames: int) -> NeedleVideo:
+    """A uniformly random slot and colour, then a random duration in [MIN_SECONDS, MAX_SECONDS] that holds
+    the card where no opening frame shows it.
+
+    Drawing the slot first keeps every slot equally likely: drawing the duration first would favour early
+    slots (only long videos have late ones), a prior a blind policy could exploit.
+    """
+    slot = rng.randrange(NUM_SLOTS)
+    card_end = slot_centre(slot) + NEEDLE_SECONDS / 2 + END_MARGIN_SECONDS
+    shortest = max(round(MIN_SECONDS * FPS), math.ceil(card_end * FPS))
+    lengths = list(range(shortest, round(MAX_SECONDS * FPS) + 1))
+    rng.shuffle(lengths)
+    num_frames = next((n for n in lengths if slot in valid_slots(n, initial_frames)), None)
+    if num_frames is None:
+        raise ValueError(f"no video length hides slot {slot} from {initial_frames} opening frames")
+    return NeedleVideo(num_frames, slot, rng.randrange(len(COLOURS)))
+
+
+def write_split(out: Path, split: str, count: int, rng: random.Random, initial_frames: int) -> list[dict[str, Any]]:
+    """Write ``count`` videos under ``out/videos`` and ``out/<split>.parquet``; return the verl rows."""
+    rows = []
+    for index in range(count):
+        video = draw_video(rng, initial_frames)
+        qid = f"needle_{split}_{index:05d}"
+        path = write_video(out / "videos" / f"{qid}.mp4", video.frames(), fps=FPS, width=SIDE, height=SIDE)
+        record = VideoQARecord(
+            qid=qid,
+            video_id=qid,
+            video_path=str(path.resolve()),
+            question=QUESTION,
+            options=tuple(COLOURS),
+            answer_index=video.colour,
+            question_type=DATA_SOURCE,
+            source=DATA_SOURCE,
+            split=split,
+            extras=video.needle.extras(),
+        )
+        rows.append(to_verl_row(record, index))
+    write_parquet(rows, out / f"{split}.parquet")
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------------
+# Reward and outcome statistics
+
+
+def compute_score(
+    data_source: str,
+    solution_str: str,
+    ground_truth: str,
+    extra_info: dict | None = None,
+    **reward_kwargs: Any,
+) -> dict[str, float]:
+    """The standard reward plus, for logging only, where the dialogue looked.
+
+    ``needle_distance``: the smallest ``|requested - card centre|`` over the loop's ``requested_timestamps``
+    (the video's duration when nothing was requested); ``hit_needle``: 1.0 when a shown frame (the loop's
+    ``shown_timestamps``) shows the card. verl merges those loop fields into ``extra_info`` at top level
+    (see :mod:`sparse_video_r1.reward`).
+    """
+    scores = reward.compute_score(data_source, solution_str, ground_truth, extra_info, **reward_kwargs)
+    info = extra_info or {}
+    needle = Needle.from_extra_info(info)
+    requested = [float(t) for t in info.get("requested_timestamps", ())]
+    shown = [float(t) for t in info.get("shown_timestamps", ())]
+    scores["needle_distance"] = min((abs(t - needle.time) for t in requested), default=needle.duration)
+    scores["hit_needle"] = float(any(needle.shows(t) for t in shown))
+    return scores
+
+
+def outcome_stats(samples: Sequence[Mapping[str, Any]]) -> dict[str, float | int | None]:
+    """Means over scored dialogues (rows of verl's rollout/validation dumps or of our own runs).
+
+    ``accuracy_when_hit`` says whether the model reads the card when it is shown; None when no sample hit.
+    """
+
+    def mean(key: str, rows: Sequence[Mapping[str, Any]] = samples) -> float | None:
+        return statistics.fmean(float(row[key]) for row in rows) if rows else None
+
+    hits = [row for row in samples if row["hit_needle"]]
+    return {
+        "samples": len(samples),
+        "accuracy": mean("accuracy"),
+        "format": mean("format"),
+        "hit_rate": mean("hit_needle"),
+        "accuracy_when_hit": mean("accuracy", hits),
+        "accuracy_when_missed": mean("accuracy", [row for row in samples if not row["hit_needle"]]),
+        "needle_distance": mean("needle_distance"),
+        "frames_used": mean("frames_used"),
+        "share_requested": statistics.fmean(float(row["requested_frames"] > 0) for row in samples) if samples else None,
+    }
+
+
+def uniform_hit_rate(extra_infos: Sequence[Mapping[str, Any]], count: int) -> float:
+    """Share of videos whose ``count`` uniform frames show the card: the accuracy of a perfect reader of
+    uniform frames is ``hit + (1 - hit) / 5`` (it guesses when the card was not shown)."""
+    needles = [Needle.from_extra_info(info) for info in extra_infos]
+    return statistics.fmean(
+        float(any(needle.shows(t) for t in uniform_frame_times(needle.duration, count))) for needle in needles
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Cold-start traces
+
+
+def request_text(timestamps: Sequence[float]) -> str:
+    return f"<think>I need to find the card.</think><frames>{', '.join(f'{t:g}' for t in timestamps)}</frames>"
+
+
+def answer_text(colour: int | None, guess: int) -> str:
+    """The final turn: the card's colour when it was shown, else the guess."""
+    if colour is None:
+        return f"<think>I did not see the card.</think><answer>{OPTION_LETTERS[guess]}</answer>"
+    return f"<think>The card is {list(COLOURS)[colour]}.</think><answer>{OPTION_LETTERS[colour]}</answer>"
+
+
+def needle_traces(
+    extra_infos: Sequence[Mapping[str, Any]],
+    dialogue: DialogueConfig,
+    *,
+    copies: int = 1,
+    seed: int = 0,
+    max_requests: int = 2,
+) -> list[dict[str, Any]]:
+    """Protocol traces with *uninformed* requests, ``copies`` per video, in the format ``sft`` reads.
+
+    Each trace requests random slot centres (1 to ``max_requests`` requests, each of 1 to
+    ``max_frames_per_request`` frames; another request only while the card has not been seen), played
+    through a real :class:`~sparse_video_r1.dialogue.Episode` to learn what it shows, then answers the
+    card's colour if a shown frame showed it and a random colour otherwise. The cold start thus teaches
+    the format and reading the card, never where to look: that is left to RL. ``card_seen`` records
+    which traces saw the card (``sft`` ignores it).
+    """
+    if not dialogue.allows_requests:
+        raise ValueError("needle traces need a dialogue that allows frame requests")
+    rng = random.Random(seed)
+    sampler = FrameSampler.from_config(dialogue)
+    traces = []
+    for info in extra_infos:
+        sample = VideoQA.from_extra_info(info)
+        needle = Needle.from_extra_info(info)
+        colour = OPTION_LETTERS.index(str(sample.answer))
+        inside = [slot_centre(slot) for slot in range(NUM_SLOTS) if slot_centre(slot) < needle.duration]
+        for _ in range(copies):
+            episode = Episode(sample, dialogue, sampler)
+            episode.start()
+            turns: list[str] = []
+            seen = False
+            while (
+                not seen
+                and episode.frames_left > 0
+                and len(turns) < min(max_requests, dialogue.max_turns - 1)
+                and (not turns or rng.random() < 0.5)
+            ):
+                count = rng.randint(1, min(dialogue.max_frames_per_request, episode.frames_left))
+                turns.append(request_text(sorted(rng.sample(inside, min(count, len(inside))))))
+                observation = episode.step(turns[-1])
+                if observation is None:
+                    raise RuntimeError(f"{sample.qid}: {turns[-1]!r} ended the dialogue ({episode.stop_reason})")
+                episode.show(observation)
+                seen = any(needle.shows(frame.timestamp) for frame in episode.frames)
+            turns.append(answer_text(colour if seen else None, rng.randrange(len(COLOURS))))
+            traces.append({"extra_info": asdict(sample), "turns": turns, "card_seen": seen})
+    return traces
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--train", type=int, default=512)
+    parser.add_argument("--val", type=int, default=128)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--traces", type=int, default=0, help="cold-start traces per train video (OUT/traces.jsonl)")
+    parser.add_argument("--dialogue", default=json.dumps(asdict(DIALOGUE)), help="DialogueConfig fields as JSON")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    dialogue = from_mapping(DialogueConfig, json.loads(args.dialogue))
+    rng = random.Random(args.seed)
+    rows = {
+        split: write_split(args.out, split, count, rng, dialogue.initial_frames)
+        for split, count in (("train", args.train), ("val", args.val))
+    }
+    summary: dict[str, Any] = {"seed": args.seed, "dialogue": asdict(dialogue)}
+    for split, split_rows in rows.items():
+        infos = [row["extra_info"] for row in split_rows]
+        needles = [Needle.from_extra_info(info) for info in infos]
+        summary[split] = {
+            "videos": len(split_rows),
+            "mean_seconds": statistics.fmean(needle.duration for needle in needles) if needles else None,
+            "slots": dict(sorted(Counter(round(needle.time / SLOT_SECONDS - 0.5) for needle in needles).items())),
+            "answers": dict(sorted(Counter(row["reward_model"]["ground_truth"] for row in split_rows).items())),
+            "uniform_hit_rate": {n: uniform_hit_rate(infos, n) for n in (dialogue.initial_frames, 8, 16, 32)}
+            if infos
+            else None,
+        }
+    if args.traces:
+        infos = [row["extra_info"] for row in rows["train"]]
+        traces = needle_traces(infos, dialogue, copies=args.traces, seed=args.seed)
+        with open(args.out / "traces.jsonl", "w", encoding="utf-8") as handle:
+            handle.writelines(json.dumps(trace) + "\n" for trace in traces)
+        summary["traces"] = {"traces": len(traces), "card_seen": sum(trace["card_seen"] for trace in traces)}
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()
