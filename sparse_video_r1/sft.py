@@ -17,6 +17,12 @@ Trace format, one JSON object per line::
     {"extra_info": {"video_path": ..., "question": ..., "options": [...], "answer": "B", ...},
      "turns": ["<think>…</think><frames>3.0, 9.5</frames>", "<think>…</think><answer>B</answer>"]}
 
+An optional ``"dialogue"`` object overrides :class:`~sparse_video_r1.config.DialogueConfig` fields for that
+trace alone. The synthetic traces use it to mix in single-turn uniform-frame dialogues
+(``{"initial_frames": 8, "max_total_frames": 8, "max_turns": 1}``), the prompt the evaluation's
+``uniform_N`` baselines show: a model cold-started on adaptive dialogues only has never seen that prompt,
+and its baselines would measure the prompt shift rather than the frames.
+
 CLI::
 
     python -m sparse_video_r1.sft make-traces --data DATA_DIR/train.parquet --out traces.jsonl
@@ -30,8 +36,8 @@ import json
 import logging
 import random
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +72,12 @@ class SFTConfig:
 class Trace:
     sample: VideoQA
     turns: tuple[str, ...]
+    #: DialogueConfig fields this trace is played with instead of the run's (see the module docstring).
+    dialogue: Mapping[str, Any] = field(default_factory=dict)
+
+    def config(self, base: DialogueConfig) -> DialogueConfig:
+        """The run's dialogue with this trace's overrides; an unknown field raises, naming it."""
+        return from_mapping(DialogueConfig, {**asdict(base), **self.dialogue})
 
 
 def read_traces(path: str | Path) -> list[Trace]:
@@ -76,8 +88,11 @@ def read_traces(path: str | Path) -> list[Trace]:
                 continue
             try:
                 record = json.loads(line)
-                traces.append(Trace(VideoQA.from_extra_info(record["extra_info"]), tuple(record["turns"])))
-            except (json.JSONDecodeError, KeyError, TypeError) as error:
+                sample = VideoQA.from_extra_info(record["extra_info"])
+                trace = Trace(sample, tuple(record["turns"]), dict(record.get("dialogue") or {}))
+                trace.config(DialogueConfig())  # an unknown or invalid override fails here, with its line
+                traces.append(trace)
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
                 raise ValueError(f"{path}:{line_number}: not a trace ({error})") from error
     if not traces:
         raise ValueError(f"{path}: no traces")
@@ -85,8 +100,11 @@ def read_traces(path: str | Path) -> list[Trace]:
 
 
 def replay(trace: Trace, config: DialogueConfig, sampler: FrameSampler) -> tuple[list[dict[str, Any]], list[Any]]:
-    """Play a trace through the environment; return the full message list and every image shown, in order."""
-    episode = Episode(trace.sample, config, sampler)
+    """Play a trace through the environment; return the full message list and every image shown, in order.
+
+    ``config`` is the run's dialogue; the trace's own overrides apply on top of it.
+    """
+    episode = Episode(trace.sample, trace.config(config), sampler)
     messages = episode.start()
     for index, text in enumerate(trace.turns):
         messages.append({"role": "assistant", "content": text})
@@ -183,16 +201,34 @@ def synthetic_traces(
     *,
     seed: int = 0,
     request_probability: float = 0.7,
+    uniform_share: float = 0.0,
+    uniform_frames: Sequence[int] = (4, 8, 16),
 ) -> list[dict[str, Any]]:
     """Protocol-following traces with *uninformed* requests: random timestamps, then the right answer.
 
-    They teach the format and that asking is allowed, not where to look: that is left to RL.
+    They teach the format and that asking is allowed, not where to look: that is left to RL. A share
+    ``uniform_share`` of them are instead single-turn dialogues shown N uniform frames (N drawn from
+    ``uniform_frames``) that answer at once, so the uniform baselines' prompt is not new to the model.
     """
+    if not 0.0 <= uniform_share <= 1.0:
+        raise ValueError(f"uniform_share must be in [0, 1], got {uniform_share}")
+    if uniform_share and (not uniform_frames or min(uniform_frames) < 1):
+        raise ValueError(f"uniform_frames must be positive frame counts, got {list(uniform_frames)}")
     rng = random.Random(seed)
     traces = []
     for sample, duration in zip(samples, durations, strict=True):
         if sample.answer is None:
             raise ValueError(f"sample {sample.qid!r} has no answer; traces need one")
+        if uniform_share and rng.random() < uniform_share:
+            frames = rng.choice(list(uniform_frames))
+            traces.append(
+                {
+                    "extra_info": _extra_info(sample),
+                    "turns": [f"<think>I have seen enough.</think><answer>{sample.answer}</answer>"],
+                    "dialogue": {"initial_frames": frames, "max_total_frames": frames, "max_turns": 1},
+                }
+            )
+            continue
         turns = []
         max_requests = config.max_turns - 1 if config.allows_requests else 0
         requests = 0
@@ -224,12 +260,21 @@ def _make_traces(args: argparse.Namespace, dialogue: DialogueConfig) -> None:
     samples = [VideoQA.from_extra_info(info) for info in frame["extra_info"]]
     sampler = FrameSampler.from_config(dialogue)
     durations = [sampler.info(sample.video_path).duration for sample in samples]
-    traces = synthetic_traces(samples, durations, dialogue, seed=args.seed, request_probability=args.request_prob)
+    traces = synthetic_traces(
+        samples,
+        durations,
+        dialogue,
+        seed=args.seed,
+        request_probability=args.request_prob,
+        uniform_share=args.uniform_share,
+        uniform_frames=[int(count) for count in args.uniform_frames.split(",")],
+    )
     with open(args.out, "w", encoding="utf-8") as handle:
         for trace in traces:
             handle.write(json.dumps(trace) + "\n")
     requested = sum(len(trace["turns"]) > 1 for trace in traces)
-    logger.info("wrote %d traces (%d with frame requests) to %s", len(traces), requested, args.out)
+    uniform = sum("dialogue" in trace for trace in traces)
+    logger.info("wrote %d traces (%d with requests, %d uniform) to %s", len(traces), requested, uniform, args.out)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -241,6 +286,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     make.add_argument("--out", required=True)
     make.add_argument("--seed", type=int, default=0)
     make.add_argument("--request-prob", type=float, default=0.7)
+    make.add_argument(
+        "--uniform-share", type=float, default=0.2, help="share of single-turn uniform-frame traces (baseline prompt)"
+    )
+    make.add_argument("--uniform-frames", default="4,8,16", help="frame counts of those traces, comma-separated")
     fit = commands.add_parser("train", help="fine-tune a model on traces")
     fit.add_argument("--model", required=True)
     fit.add_argument("--traces", required=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -66,6 +67,31 @@ def test_synthetic_traces_follow_the_protocol_and_end_with_the_right_answer(samp
         replay(trace, CONFIG, sampler)
         requested += len(trace.turns) > 1
     assert 20 < requested < 50
+
+
+def test_uniform_traces_replay_as_the_single_turn_baseline_prompt(sample: VideoQA, tmp_path: Path):
+    traces = synthetic_traces([sample] * 40, [6.0] * 40, CONFIG, seed=5, uniform_share=0.5, uniform_frames=(2, 3))
+    path = tmp_path / "traces.jsonl"
+    path.write_text("".join(json.dumps(trace) + "\n" for trace in traces))
+    sampler = FrameSampler.from_config(CONFIG)
+    shown = Counter()
+    for trace in read_traces(path):
+        if not trace.dialogue:
+            continue
+        assert trace.turns == ("<think>I have seen enough.</think><answer>B</answer>",)
+        messages, images = replay(trace, CONFIG, sampler)
+        assert "request" not in messages[0]["content"].lower()
+        shown[len(images)] += 1
+    assert set(shown) == {2, 3}
+    assert 10 < sum(shown.values()) < 30
+
+
+def test_a_trace_overriding_an_unknown_dialogue_field_is_named(sample: VideoQA, tmp_path: Path):
+    path = tmp_path / "traces.jsonl"
+    trace = {"extra_info": synthetic_traces([sample], [6.0], CONFIG)[0]["extra_info"], "turns": ["x"]}
+    path.write_text(json.dumps({**trace, "dialogue": {"initial_frame": 2}}) + "\n")
+    with pytest.raises(ValueError, match=r"traces\.jsonl:1.*initial_frame"):
+        read_traces(path)
 
 
 def test_bad_trace_lines_are_named_by_file_and_line(tmp_path: Path):
