@@ -36,6 +36,9 @@ class DialogueConfig:
     decode_timeout_s: float = 30.0
     max_open_videos: int = 16
     decode_workers: int = 8
+    #: Decoded frames kept per worker process (MB), shared by all its dialogues: the rollouts of one GRPO
+    #: group read the same video, so most of their frames are decoded once. 0 turns it off.
+    frame_cache_mb: int = 256
     #: ``"all_turns"``: every assistant turn gets the policy gradient. ``"last_turn"``: only the final one
     #: does (the seed's scheme, kept as an ablation: frame-request turns are then never learned).
     loss_on: str = "all_turns"
@@ -53,6 +56,8 @@ class DialogueConfig:
             raise ValueError(f"loss_on must be 'all_turns' or 'last_turn', got {self.loss_on!r}")
         if self.decode_timeout_s <= 0:
             raise ValueError(f"decode_timeout_s must be > 0, got {self.decode_timeout_s}")
+        if self.frame_cache_mb < 0:
+            raise ValueError(f"frame_cache_mb must be >= 0, got {self.frame_cache_mb}")
 
     @property
     def allows_requests(self) -> bool:

@@ -1,30 +1,48 @@
 """Decode the frames a dialogue asks for, by timestamp, from videos kept open between turns.
 
 A dialogue asks for a few frames per turn from the same video, and the agent loop serves many dialogues
-from a thread pool, so :class:`FrameSampler` opens each video once and keeps a bounded LRU cache of decord
-readers. Decord readers are not thread-safe, so every open video carries its own lock; different videos
-decode in parallel. Each decode runs in a worker thread with a timeout, because one corrupt file must not
-stall a whole rollout batch.
+from a thread pool, so :class:`FrameSampler` opens each video once and keeps a bounded LRU cache of open
+readers. A reader is not thread-safe, so every open video carries its own lock; different videos decode in
+parallel. Each decode runs in a worker thread with a timeout, because one corrupt file must not stall a
+whole rollout batch.
 
-Timestamps map to frames as ``floor(t * fps)`` under a constant-frame-rate assumption (decord's average fps);
-each returned frame carries the *actual* timestamp ``index / fps`` so the model is told what it really saw.
+What a fetch costs is decoding: every frame from the keyframe before a requested one up to it, so the
+sampler is built to decode each stretch of video as few times as possible (``benchmarks/`` measures it):
+
+* Readers are PyAV decoders driven from here, not decord: decord spends 4-30 ms on every seek (it rewinds
+  to the start and re-reads packets ahead on each jump), several times the cost of decoding the frames
+  themselves at NExT-QA's 640x480, while a PyAV seek costs well under a millisecond.
+* Frames are scaled to the pixel budget by swscale in the same step that converts them to RGB, with one
+  scaler kept per reader (~1 ms a frame at 640x480), where converting at full size and resizing with PIL
+  cost 2-5 ms and a fresh scaler per frame twice as much.
+* The GRPO rollouts of one question run in the same worker process and read the same video, often at the
+  same or nearby timestamps. Decoded frames are kept in a byte-bounded LRU shared by the whole process
+  (keyed by path and frame index), and requests that wait for the same video are merged into the next
+  decoding pass, which visits their frames in order, so each GOP is decoded once for all of them.
+
+Timestamps map to frames as ``floor(t * fps)`` under a constant-frame-rate assumption (the stream's average
+fps); frame ``i`` is the one with the ``i``-th smallest presentation timestamp. Each returned frame carries
+the *actual* timestamp ``index / fps`` so the model is told what it really saw.
 """
 
 from __future__ import annotations
 
+import bisect
 import functools
 import logging
 import math
 import os
 import threading
+import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent import futures
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, TypeVar
+from typing import ClassVar, TypeVar
 
-import decord
+import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
 from PIL import Image
 from qwen_vl_utils import smart_resize
 
@@ -39,6 +57,13 @@ _T = TypeVar("_T")
 #: fetch its own frame again.
 _BOUNDARY_TOLERANCE = 1e-6
 
+#: ffmpeg demuxers of still images (``*_pipe`` ones too): FFmpeg opens a PNG as a one-frame video, but a
+#: file given as a video that holds a picture is a data error to report, not a clip to answer from.
+_IMAGE_FORMATS = frozenset({"image2"})
+
+#: swscale's bicubic filter, widened when it shrinks like PIL's: what the Qwen processor itself would use.
+_INTERPOLATION = "BICUBIC"
+
 
 @dataclass(frozen=True)
 class VideoInfo:
@@ -52,11 +77,29 @@ class VideoInfo:
 
 @dataclass(frozen=True)
 class TimedFrame:
-    """One decoded frame; ``timestamp`` is the frame's own time ``index / fps``, not the time asked for."""
+    """One decoded frame; ``timestamp`` is the frame's own time ``index / fps``, not the time asked for.
+
+    ``image`` may be shared with other callers through the frame cache: treat it as read-only.
+    """
 
     timestamp: float
     index: int
     image: Image.Image
+
+
+@dataclass(frozen=True)
+class SamplerStats:
+    """Work a sampler has done, for benchmarks and rollout metrics: decoding is the cost, wall time follows it.
+
+    ``frames_decoded`` counts every frame out of the decoder, including those decoded only to reach a
+    requested one; ``cache_hits`` counts served frames found already decoded.
+    """
+
+    requests: int = 0
+    frames_served: int = 0
+    cache_hits: int = 0
+    frames_decoded: int = 0
+    seeks: int = 0
 
 
 class VideoError(RuntimeError):
@@ -125,23 +168,218 @@ def resize_to_budget(image: Image.Image, *, min_pixels: int, max_pixels: int) ->
     return image.resize((width, height), Image.Resampling.BICUBIC)
 
 
+class _Reader:
+    """One open file, decoded with PyAV, that serves frames by index at the pixel budget; not thread-safe.
+
+    It numbers frames as decord does (by presentation timestamp of the stream's packets) and remembers
+    where the decoder is, so a frame ahead of it in the same GOP is reached by decoding on, without a seek.
+    ``frames_decoded`` and ``seeks`` count its work.
+    """
+
+    def __init__(self, path: str, *, min_pixels: int, max_pixels: int) -> None:
+        self._container = av.open(path, metadata_errors="ignore")
+        if self._container.format.name in _IMAGE_FORMATS or self._container.format.name.endswith("_pipe"):
+            raise ValueError(f"a still image ({self._container.format.name}), not a video")
+        if not self._container.streams.video:
+            raise ValueError("no video stream")
+        self._stream = self._container.streams.video[0]
+        # One thread per decoder: the sampler's callers already decode different videos in parallel, and
+        # frame threading would add a frame of latency per thread to every seek.
+        self._stream.codec_context.thread_count = 1
+        rate = self._stream.average_rate or self._stream.guessed_rate
+        self.fps = float(rate) if rate else 0.0
+        self._pts, self._keyframes = self._index()
+        self._index_of = {pts: index for index, pts in enumerate(self._pts)}
+        self.num_frames = len(self._pts)
+        self.frames_decoded = 0
+        self.seeks = 0
+        self._position = 0  # index of the next frame the running decode will hand out
+        self._pending: tuple[int, av.VideoFrame] | None = None  # decoded past a target; the next to hand out
+        self._shown: av.VideoFrame | None = None  # the last frame handed out since the last seek
+        self._decoding: Iterator[tuple[int, av.VideoFrame]] | None = None
+        self._rotation = 0
+        # One scaler for the reader's life: ``frame.to_ndarray(width=...)`` builds a new swscale context
+        # (filter tables included) per frame, which doubled the cost of handing a frame out.
+        self._reformatter = VideoReformatter()
+        self.width = self.height = 0
+        if self.num_frames:
+            self._size_output(min_pixels, max_pixels)
+
+    def _index(self) -> tuple[list[int], list[int]]:
+        """Every packet's pts, sorted, and the indices of keyframes; the container is then rewound."""
+        pts, keyframe_pts = [], []
+        for packet in self._container.demux(self._stream):
+            if packet.pts is None:  # the flush packet at the end
+                continue
+            pts.append(packet.pts)
+            if packet.is_keyframe:
+                keyframe_pts.append(packet.pts)
+        pts.sort()
+        positions = {value: index for index, value in enumerate(pts)}
+        keyframes = sorted({positions[value] for value in keyframe_pts} | {0})
+        self._container.seek(pts[0] if pts else 0, stream=self._stream, backward=True)
+        return pts, keyframes
+
+    def _size_output(self, min_pixels: int, max_pixels: int) -> None:
+        """Decode the first frame to learn its display rotation, then fix the budget size frames come out at."""
+        first = self._next()
+        if first is None:
+            raise ValueError("no frame could be decoded")
+        self._put_back(first)
+        frame = first[1]
+        self._rotation = round(frame.rotation / 90) % 4  # quarter turns counter-clockwise, for display
+        shown_height, shown_width = (
+            (frame.width, frame.height) if self._rotation % 2 else (frame.height, frame.width)
+        )
+        self.height, self.width = smart_resize(
+            shown_height, shown_width, factor=IMAGE_FACTOR, min_pixels=min_pixels, max_pixels=max_pixels
+        )
+
+    def read(self, indices: Sequence[int]) -> np.ndarray:
+        """The frames at sorted, distinct ``indices`` as an ``(n, height, width, 3)`` uint8 RGB array."""
+        out = np.empty((len(indices), self.height, self.width, 3), dtype=np.uint8)
+        for slot, index in enumerate(indices):
+            out[slot] = self._pixels(self._frame_at(index))
+        return out
+
+    def _pixels(self, frame: av.VideoFrame) -> np.ndarray:
+        width, height = (self.height, self.width) if self._rotation % 2 else (self.width, self.height)
+        pixels = self._reformatter.reformat(
+            frame, width=width, height=height, format="rgb24", interpolation=_INTERPOLATION
+        ).to_ndarray()
+        return np.rot90(pixels, self._rotation) if self._rotation else pixels
+
+    def _frame_at(self, target: int) -> av.VideoFrame:
+        """Decode on to frame ``target``, seeking to its keyframe first when that is less work."""
+        key = self._keyframes[bisect.bisect_right(self._keyframes, target) - 1]
+        if self._decoding is None or target < self._position or key > self._position:
+            self._seek_before(target)
+        while (item := self._next()) is not None:
+            index, frame = item
+            if index == target:
+                self._shown = frame
+                return frame
+            if index > target:
+                # The decoder never produced this frame (a damaged or discarded one): show what was on
+                # screen at its time, and keep the later frame for the next request.
+                self._put_back(item)
+                logger.debug("frame %d was not decoded; serving the frame before it", target)
+                return self._shown if self._shown is not None else frame
+            self._shown = frame
+        if self._shown is None:
+            raise ValueError(f"no frame could be decoded at or before frame {target}")
+        return self._shown  # the stream ended early: its last frame stays on screen
+
+    def _seek_before(self, target: int) -> None:
+        """Seek to the keyframe before ``target``; step back a keyframe if the demuxer landed past ``target``.
+
+        A demuxer may pick keyframes by decode timestamp, which runs ahead of presentation with B-frames.
+        """
+        slot = bisect.bisect_right(self._keyframes, target) - 1
+        while True:
+            key = self._keyframes[slot]
+            self._container.seek(self._pts[key], stream=self._stream, backward=True)
+            self.seeks += 1
+            self._decoding, self._pending, self._shown, self._position = None, None, None, key
+            first = self._next()
+            if first is None or first[0] <= target or slot == 0:
+                if first is not None:
+                    self._put_back(first)
+                return
+            slot -= 1
+
+    def _next(self) -> tuple[int, av.VideoFrame] | None:
+        """The next decoded frame and its index, or None at the end of the stream."""
+        if self._pending is not None:
+            item, self._pending = self._pending, None
+        else:
+            if self._decoding is None:
+                self._decoding = self._decode()
+            item = next(self._decoding, None)
+        self._position = self.num_frames if item is None else item[0] + 1
+        return item
+
+    def _put_back(self, item: tuple[int, av.VideoFrame]) -> None:
+        """Make ``item`` the next frame handed out (it was decoded ahead of need)."""
+        self._pending = item
+        self._position = item[0]
+
+    def _decode(self) -> Iterator[tuple[int, av.VideoFrame]]:
+        for packet in self._container.demux(self._stream):
+            for frame in packet.decode():
+                self.frames_decoded += 1
+                index = self._index_of.get(frame.pts)
+                if index is not None:  # a frame without a known pts cannot be placed; skip it
+                    yield index, frame
+
+
 @dataclass
 class _OpenVideo:
-    """A cached decord reader; ``abandoned`` is set once a timed-out or failed call gives the reader up."""
+    """A cached reader; ``abandoned`` is set once a timed-out or failed call gives the reader up.
+
+    ``wanted`` holds frames that requests queued on ``lock`` still need; whoever decodes next takes them too.
+    """
 
     info: VideoInfo
-    reader: Any  # decord.VideoReader; not thread-safe, only use it while holding ``lock``
+    reader: _Reader  # not thread-safe; only use it while holding ``lock``
     lock: threading.Lock = field(default_factory=threading.Lock)
     abandoned: bool = False
+    wanted: set[int] = field(default_factory=set)
 
 
-def _decode_batch(reader: Any, indices: list[int]) -> np.ndarray:
-    """All ``indices`` in one decord call (decord seeks once per GOP rather than once per frame)."""
-    return reader.get_batch(indices).asnumpy()
+class _FrameCache:
+    """Decoded frames keyed ``(path, index)``, least recently used evicted first, bounded in bytes.
+
+    Not locked itself: the sampler calls it under its own lock.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._images: OrderedDict[tuple[str, int], Image.Image] = OrderedDict()
+        self._bytes = 0
+
+    def get(self, key: tuple[str, int]) -> Image.Image | None:
+        image = self._images.get(key)
+        if image is not None:
+            self._images.move_to_end(key)
+        return image
+
+    def put(self, key: tuple[str, int], image: Image.Image) -> None:
+        size = _nbytes(image)
+        if key in self._images or size > self.max_bytes:
+            return
+        self._images[key] = image
+        self._bytes += size
+        while self._bytes > self.max_bytes:
+            _, evicted = self._images.popitem(last=False)
+            self._bytes -= _nbytes(evicted)
+
+    def __contains__(self, key: tuple[str, int]) -> bool:
+        return key in self._images
+
+    def clear(self) -> None:
+        self._images.clear()
+        self._bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._images)
+
+    @property
+    def nbytes(self) -> int:
+        return self._bytes
+
+
+def _nbytes(image: Image.Image) -> int:
+    return image.width * image.height * len(image.getbands())
+
+
+def _decode_batch(reader: _Reader, indices: list[int]) -> np.ndarray:
+    """All ``indices`` (sorted) in one pass: each GOP they touch is decoded once."""
+    return reader.read(indices)
 
 
 def _first_line(error: BaseException) -> str:
-    """Decord errors carry multi-line C++ traces; the first line says what went wrong."""
+    """Decoder errors can carry multi-line traces; the first line says what went wrong."""
     lines = str(error).strip().splitlines()
     return (lines[0] if lines else type(error).__name__)[:300]
 
@@ -149,8 +387,8 @@ def _first_line(error: BaseException) -> str:
 def _run_with_timeout(fn: Callable[[], _T], *, path: str, what: str, timeout_s: float) -> _T:
     """Run ``fn`` in a daemon thread and wait at most ``timeout_s`` for it.
 
-    A thread stuck inside decord's C code cannot be killed, only abandoned: on timeout it keeps running (and
-    holding its reader) in the background, and being a daemon it never blocks interpreter exit.
+    A thread stuck inside the decoder's C code cannot be killed, only abandoned: on timeout it keeps running
+    (and holding its reader) in the background, and being a daemon it never blocks interpreter exit.
     """
     future: futures.Future[_T] = futures.Future()
 
@@ -160,18 +398,33 @@ def _run_with_timeout(fn: Callable[[], _T], *, path: str, what: str, timeout_s: 
         except BaseException as error:  # handed to the waiting thread, which re-raises it
             future.set_exception(error)
 
-    threading.Thread(target=work, name=f"decord-{what}", daemon=True).start()
+    threading.Thread(target=work, name=f"decode-{what}", daemon=True).start()
     done, _ = futures.wait([future], timeout=timeout_s)
     if not done:
-        raise DecodeTimeoutError(path, f"{what} took longer than {timeout_s}s; its decord thread was abandoned")
+        raise DecodeTimeoutError(path, f"{what} took longer than {timeout_s}s; its decoding thread was abandoned")
     return future.result()
 
 
 class FrameSampler:
-    """Serve frames by timestamp from a bounded LRU cache of open decord readers; safe to share between threads."""
+    """Serve frames by timestamp from open videos and a cache of decoded frames; safe to share between threads.
+
+    ``max_open_videos`` bounds the open readers (least recently used closed first); ``frame_cache_bytes``
+    bounds the decoded frames kept for other requests (0 turns the cache, and merging requests, off).
+    A decoding pass starts ``merge_window_s`` after it could, so that requests for the same video arriving
+    meanwhile (the other rollouts of a GRPO group, released by the same generation batch) join it: a GOP
+    two of them need is then decoded once instead of twice, for a few ms of latency against the 20-200 ms
+    a pass costs.
+    """
 
     def __init__(
-        self, *, min_pixels: int, max_pixels: int, max_open_videos: int = 16, decode_timeout_s: float = 30.0
+        self,
+        *,
+        min_pixels: int,
+        max_pixels: int,
+        max_open_videos: int = 16,
+        decode_timeout_s: float = 30.0,
+        frame_cache_bytes: int = 256 * 2**20,
+        merge_window_s: float = 0.005,
     ) -> None:
         if not 0 < min_pixels <= max_pixels:
             raise ValueError(f"need 0 < min_pixels <= max_pixels, got {min_pixels}, {max_pixels}")
@@ -179,12 +432,19 @@ class FrameSampler:
             raise ValueError(f"max_open_videos must be >= 1, got {max_open_videos}")
         if not decode_timeout_s > 0:
             raise ValueError(f"decode_timeout_s must be > 0, got {decode_timeout_s}")
+        if frame_cache_bytes < 0:
+            raise ValueError(f"frame_cache_bytes must be >= 0, got {frame_cache_bytes}")
+        if merge_window_s < 0:
+            raise ValueError(f"merge_window_s must be >= 0, got {merge_window_s}")
+        self._merge_window_s = merge_window_s
         self._min_pixels = min_pixels
         self._max_pixels = max_pixels
         self._max_open_videos = max_open_videos
         self._decode_timeout_s = decode_timeout_s
-        self._cache: OrderedDict[str, _OpenVideo] = OrderedDict()
-        self._cache_lock = threading.Lock()
+        self._videos: OrderedDict[str, _OpenVideo] = OrderedDict()
+        self._frames = _FrameCache(frame_cache_bytes)
+        self._stats = SamplerStats()
+        self._lock = threading.Lock()  # guards the three above and every video's ``wanted``; held briefly
 
     @classmethod
     def from_config(cls, config: DialogueConfig) -> FrameSampler:
@@ -193,13 +453,25 @@ class FrameSampler:
             max_pixels=config.max_pixels,
             max_open_videos=config.max_open_videos,
             decode_timeout_s=config.decode_timeout_s,
+            frame_cache_bytes=config.frame_cache_mb * 2**20,
         )
 
     @property
     def open_paths(self) -> tuple[str, ...]:
         """Paths with a cached reader, least recently used first (for tests and debugging)."""
-        with self._cache_lock:
-            return tuple(self._cache)
+        with self._lock:
+            return tuple(self._videos)
+
+    @property
+    def cached_frames(self) -> tuple[int, int]:
+        """How many decoded frames the cache holds, and their bytes."""
+        with self._lock:
+            return len(self._frames), self._frames.nbytes
+
+    def stats(self) -> SamplerStats:
+        """The work done since the sampler was made."""
+        with self._lock:
+            return self._stats
 
     def info(self, path: str | os.PathLike[str]) -> VideoInfo:
         """Frame count, fps and duration; opens (and caches) the video."""
@@ -215,66 +487,113 @@ class FrameSampler:
         indices = sorted({frame_index(info, t) for t in timestamps})
         if not indices:
             return []
-        batch = self._decode(key, indices)
-        return [
-            TimedFrame(
-                timestamp=index / info.fps,
-                index=index,
-                image=resize_to_budget(
-                    Image.fromarray(pixels), min_pixels=self._min_pixels, max_pixels=self._max_pixels
-                ),
-            )
-            for index, pixels in zip(indices, batch, strict=True)
-        ]
+        with self._lock:
+            images = {i: image for i in indices if (image := self._frames.get((key, i))) is not None}
+            self._count(requests=1, frames_served=len(indices), cache_hits=len(images))
+        missing = [i for i in indices if i not in images]
+        if missing:
+            images.update(self._decode(key, missing))
+        return [TimedFrame(timestamp=index / info.fps, index=index, image=images[index]) for index in indices]
 
     def close(self) -> None:
-        """Drop every cached reader (decord closes a file when its reader is garbage-collected)."""
-        with self._cache_lock:
-            self._cache.clear()
+        """Drop every open reader (a file closes when its reader is garbage-collected) and every cached frame."""
+        with self._lock:
+            self._videos.clear()
+            self._frames.clear()
 
-    def _decode(self, key: str, indices: list[int]) -> np.ndarray:
+    def _count(self, **increments: int) -> None:
+        current = vars(self._stats)
+        self._stats = SamplerStats(**{name: current[name] + increments.get(name, 0) for name in current})
+
+    def _decode(self, key: str, missing: list[int]) -> dict[int, Image.Image]:
+        """Decode ``missing`` frames, with those other requests queued on this video want (if the cache is on)."""
+        merge = self._frames.max_bytes > 0
         while True:
             video = self._open(key)
+            if merge:
+                with self._lock:
+                    video.wanted.update(missing)
             with video.lock:
                 if video.abandoned:  # a call we queued behind gave this reader up; open a fresh one
                     logger.debug("reader of %s was abandoned while this call waited for it; reopening", key)
                     continue
+                if merge and self._merge_window_s:
+                    with self._lock:
+                        pending = any((key, i) not in self._frames for i in missing)
+                    if pending:
+                        time.sleep(self._merge_window_s)  # let siblings queue up for this pass
+                with self._lock:
+                    # Frames the pass we waited behind decoded for us count as hits too.
+                    done = {i: image for i in missing if (image := self._frames.get((key, i))) is not None}
+                    todo = [i for i in missing if i not in done]
+                    batch = todo
+                    if merge and todo:
+                        batch = sorted({*todo, *(i for i in video.wanted if (key, i) not in self._frames)})
+                        video.wanted.clear()  # every wanted frame is now cached or in this batch
+                    self._count(cache_hits=len(done))
+                if not todo:
+                    return done
                 try:
-                    return _run_with_timeout(
-                        functools.partial(_decode_batch, video.reader, indices),
-                        path=key,
-                        what=f"decoding frames {indices}",
-                        timeout_s=self._decode_timeout_s,
-                    )
-                except DecodeTimeoutError:
-                    self._abandon(key, video)
-                    raise
-                except Exception as error:
-                    # After a failed batch a reader's decoder state is suspect; the next call reopens the file.
-                    self._abandon(key, video)
-                    raise DecodeFailedError(key, f"decord failed on frames {indices}: {_first_line(error)}") from error
+                    images = self._decode_locked(key, video, batch)
+                except DecodeFailedError:
+                    if len(batch) == len(todo):
+                        raise
+                    # Another request's frame may be the broken one; retry with ours alone on a fresh reader.
+                    logger.debug("merged decode of %s failed; retrying frames %s alone", key, todo)
+                    merge = False
+                    continue
+            done.update((i, images[i]) for i in todo)
+            return done
+
+    def _decode_locked(self, key: str, video: _OpenVideo, batch: list[int]) -> dict[int, Image.Image]:
+        """Decode ``batch`` with ``video``'s reader (its lock held) and cache the frames."""
+        reader = video.reader
+        decoded_before, seeks_before = reader.frames_decoded, reader.seeks
+        try:
+            pixels = _run_with_timeout(
+                functools.partial(_decode_batch, reader, batch),
+                path=key,
+                what=f"decoding frames {batch}",
+                timeout_s=self._decode_timeout_s,
+            )
+        except DecodeTimeoutError:
+            self._abandon(key, video)
+            raise
+        except Exception as error:
+            # After a failed batch a decoder's state is suspect; the next call reopens the file.
+            self._abandon(key, video)
+            raise DecodeFailedError(key, f"decoding frames {batch} failed: {_first_line(error)}") from error
+        images = {
+            index: resize_to_budget(Image.fromarray(frame), min_pixels=self._min_pixels, max_pixels=self._max_pixels)
+            for index, frame in zip(batch, pixels, strict=True)
+        }
+        with self._lock:
+            for index, image in images.items():
+                self._frames.put((key, index), image)
+            self._count(frames_decoded=reader.frames_decoded - decoded_before, seeks=reader.seeks - seeks_before)
+        return images
 
     def _abandon(self, key: str, video: _OpenVideo) -> None:
         video.abandoned = True
-        with self._cache_lock:
-            if self._cache.get(key) is video:
-                del self._cache[key]
+        with self._lock:
+            if self._videos.get(key) is video:
+                del self._videos[key]
 
     def _open(self, key: str) -> _OpenVideo:
-        with self._cache_lock:
-            video = self._cache.get(key)
+        with self._lock:
+            video = self._videos.get(key)
             if video is not None:
-                self._cache.move_to_end(key)
+                self._videos.move_to_end(key)
                 return video
         video = self._load(key)  # outside the lock: opening one video must not block fetches from others
-        with self._cache_lock:
-            existing = self._cache.get(key)
+        with self._lock:
+            existing = self._videos.get(key)
             if existing is not None:  # another thread opened it meanwhile; keep a single reader per video
-                self._cache.move_to_end(key)
+                self._videos.move_to_end(key)
                 return existing
-            self._cache[key] = video
-            while len(self._cache) > self._max_open_videos:
-                evicted, _ = self._cache.popitem(last=False)
+            self._videos[key] = video
+            while len(self._videos) > self._max_open_videos:
+                evicted, _ = self._videos.popitem(last=False)
                 logger.debug("evicted reader of %s (more than %d videos open)", evicted, self._max_open_videos)
         return video
 
@@ -285,7 +604,7 @@ class FrameSampler:
             raise VideoUnreadableError(key, "file is empty (0 bytes)")
         try:
             reader = _run_with_timeout(
-                lambda: decord.VideoReader(key, ctx=decord.cpu(0), num_threads=1),
+                functools.partial(_Reader, key, min_pixels=self._min_pixels, max_pixels=self._max_pixels),
                 path=key,
                 what="opening the video",
                 timeout_s=self._decode_timeout_s,
@@ -293,8 +612,8 @@ class FrameSampler:
         except DecodeTimeoutError:
             raise
         except Exception as error:
-            raise VideoUnreadableError(key, f"decord cannot open it: {_first_line(error)}") from error
-        num_frames, fps = len(reader), float(reader.get_avg_fps())
+            raise VideoUnreadableError(key, f"cannot open it: {_first_line(error)}") from error
+        num_frames, fps = reader.num_frames, reader.fps
         if num_frames <= 0 or not (math.isfinite(fps) and fps > 0):
             raise EmptyVideoError(key, f"no usable frames ({num_frames} frames at {fps} fps)")
         return _OpenVideo(

@@ -1,4 +1,4 @@
-"""FrameSampler against real H.264 files and real decord: every frame is checked by the index painted on it."""
+"""FrameSampler against real H.264 files and real PyAV decoding: every frame is checked by the index painted on it."""
 
 from __future__ import annotations
 

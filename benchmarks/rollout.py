@@ -1,0 +1,444 @@
+"""Rollout throughput and environment overhead of the agent loop: adaptive frame requests vs one turn.
+
+    python benchmarks/rollout.py --out DIR [--backend vllm|transformers] [--dialogues 64 256] [--prefix-caching on]
+
+The agent loop (:func:`~sparse_video_r1.standalone.make_agent_loop`, the class verl trains) plays batches of
+dialogues over NExT-QA-shaped videos (640x480, 30 fps, H.264), ``--group`` rollouts per question as in GRPO,
+against one server (vLLM's offline engine behind :class:`~sparse_video_r1.vllm_server.OfflineVLLMServer`, or
+the transformers backend for a CPU check). Two methods see the same total number of frames:
+
+* ``adaptive``: ``--initial-frames`` uniform frames, one request turn for ``--requested-frames`` more, then
+  the answer;
+* ``single_turn``: all ``initial + requested`` frames uniformly up front, then the answer.
+
+A random tiny model does not ask for frames by itself, so the policy is forced (:class:`ForcedPolicyServer`):
+the engine generates for exactly as many tokens as the scripted turn has (``ignore_eos``), then the
+scripted tokens stand in for the sampled ones. Generation cost and the environment's work are thus real
+and every dialogue takes the multi-turn path; the request's timestamps follow a GRPO group (a few moments
+per question, jittered per rollout). Reported per method and batch size:
+
+* dialogues/s and generated tokens/s (wall time of the whole batch);
+* the environment's share of the wall time: the time the engine is idle (1 - engine busy / wall), and per
+  dialogue the time outside ``generate`` over its total;
+* how much of the frame decoding overlaps engine work (overlap of the two sets of intervals);
+* the prefix-cache hit rate (vLLM's ``num_cached_tokens`` over prompt tokens), run once with prefix caching
+  on and once off (``--prefix-caching``; one engine per process).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+import random
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from verl.workers.rollout.replica import TokenOutput
+
+from sparse_video_r1.config import DialogueConfig
+from sparse_video_r1.frames import FrameSampler, uniform_timestamps
+from sparse_video_r1.standalone import make_agent_loop
+from sparse_video_r1.synthetic import write_index_video
+
+logger = logging.getLogger("rollout_benchmark")
+
+WIDTH, HEIGHT, FPS = 640, 480, 30.0
+THINK = "<think>" + " ".join(["look"] * 24) + "</think>"  # a fixed reasoning stretch, same in both methods
+ANSWER = THINK + "<answer>B</answer>"
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    backend: str
+    model: str
+    dialogues: tuple[int, ...]
+    group: int
+    initial_frames: int
+    requested_frames: int
+    video_seconds: int
+    videos: int
+    prefix_caching: bool
+    warmup: int
+    seed: int
+
+
+class Intervals:
+    """Thread-safe list of (start, end) perf-counter intervals, and the measure of their union."""
+
+    def __init__(self) -> None:
+        self._spans: list[tuple[float, float]] = []
+        self._lock = threading.Lock()
+
+    def add(self, start: float, end: float) -> None:
+        with self._lock:
+            self._spans.append((start, end))
+
+    def clear(self) -> None:
+        with self._lock:
+            self._spans.clear()
+
+    def union(self) -> list[tuple[float, float]]:
+        with self._lock:
+            spans = sorted(self._spans)
+        merged: list[tuple[float, float]] = []
+        for start, end in spans:
+            if merged and start <= merged[-1][1]:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+            else:
+                merged.append((start, end))
+        return merged
+
+
+def measure(spans: Sequence[tuple[float, float]]) -> float:
+    return sum(end - start for start, end in spans)
+
+
+def overlap(a: Sequence[tuple[float, float]], b: Sequence[tuple[float, float]]) -> float:
+    """Total length of the intersection of two sorted, disjoint interval lists."""
+    total, i, j = 0.0, 0, 0
+    while i < len(a) and j < len(b):
+        total += max(0.0, min(a[i][1], b[j][1]) - max(a[i][0], b[j][0]))
+        if a[i][1] < b[j][1]:
+            i += 1
+        else:
+            j += 1
+    return total
+
+
+class TimedSampler:
+    """The loop's :class:`FrameSampler`, with every ``fetch`` recorded as an interval (for the overlap)."""
+
+    def __init__(self, sampler: FrameSampler, spans: Intervals) -> None:
+        self._sampler = sampler
+        self._spans = spans
+
+    def fetch(self, path: Any, timestamps: Sequence[float]) -> Any:
+        started = time.perf_counter()
+        try:
+            return self._sampler.fetch(path, timestamps)
+        finally:
+            self._spans.add(started, time.perf_counter())
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sampler, name)
+
+
+class ForcedPolicyServer:
+    """Wraps a server: the engine generates as many tokens as the scripted turn, the script's tokens come back.
+
+    ``script(request_id, turn)`` gives the turn's text. Engine-busy intervals are recorded: from the
+    engine thread for :class:`OfflineVLLMServer` (its batches), else around each inner ``generate``.
+    """
+
+    def __init__(self, inner: Any, tokenizer: Any, script: Callable[[str, int], str], engine: Intervals) -> None:
+        self.inner = inner
+        self.tokenizer = tokenizer
+        self.script = script
+        self.engine = engine
+        self.turns: dict[str, int] = {}
+        self.generated_tokens = 0
+        self._times_itself = hasattr(inner, "_generate")
+        if self._times_itself:
+            real = inner._generate
+
+            def timed_generate(prompts: Any, params: Any) -> Any:
+                started = time.perf_counter()
+                try:
+                    return real(prompts, params)
+                finally:
+                    engine.add(started, time.perf_counter())
+
+            inner._generate = timed_generate
+
+    async def generate(self, request_id: str, *, prompt_ids: list[int], sampling_params: dict[str, Any],
+                       **kwargs: Any) -> TokenOutput:
+        turn = self.turns.get(request_id, 0)
+        self.turns[request_id] = turn + 1
+        ids = self.tokenizer.encode(self.script(request_id, turn), add_special_tokens=False)
+        ids.append(self.tokenizer.convert_tokens_to_ids("<|im_end|>"))
+        ids = ids[: sampling_params.get("max_tokens", len(ids))]
+        params = {**sampling_params, "max_tokens": len(ids), "ignore_eos": True}
+        started = time.perf_counter()
+        output = await self.inner.generate(request_id, prompt_ids=prompt_ids, sampling_params=params, **kwargs)
+        if not self._times_itself:
+            self.engine.add(started, time.perf_counter())
+        self.generated_tokens += len(output.token_ids)
+        log_probs = [0.0] * len(ids) if sampling_params.get("logprobs") else None
+        return TokenOutput(token_ids=ids, log_probs=log_probs, stop_reason="completed",
+                           extra_fields=output.extra_fields)
+
+
+def request_script(duration: float, initial: int, requested: int, seed: int) -> Callable[[str, int], str]:
+    """Turn 0 asks for ``requested`` frames, each near one of three moments, jittered by up to 1 s; then the answer.
+
+    The moments are the same for every question (all videos have one length), so the rollouts of a group,
+    which share their question's video, ask for overlapping stretches as GRPO groups tend to. The frames
+    asked for are distinct from each other and from the ``initial`` uniform ones, so every dialogue ends
+    with exactly ``initial + requested`` frames, as the single-turn baseline does.
+    """
+    moments = [duration * fraction for fraction in (0.3, 0.5, 0.7)]
+    shown = {int(t * FPS) for t in uniform_timestamps(duration, initial)}
+
+    def script(request_id: str, turn: int) -> str:
+        if turn > 0:
+            return ANSWER
+        rng = random.Random(hashlib.sha256(f"{seed}-{request_id}".encode()).digest())
+        frames: set[int] = set()
+        while len(frames) < requested:
+            t = min(duration - 1 / FPS, max(0.0, rng.choice(moments) + rng.uniform(-1.0, 1.0)))
+            if int(t * FPS) not in shown:
+                frames.add(int(t * FPS))
+        return THINK + "<frames>" + ", ".join(f"{(index + 0.5) / FPS:.3f}" for index in sorted(frames)) + "</frames>"
+
+    return script
+
+
+def dialogue_configs(settings: Settings) -> dict[str, DialogueConfig]:
+    total = settings.initial_frames + settings.requested_frames
+    return {
+        "adaptive": DialogueConfig(
+            initial_frames=settings.initial_frames,
+            max_frames_per_request=settings.requested_frames,
+            max_total_frames=total,
+            max_turns=3,
+            max_tokens_per_turn=256,
+        ),
+        "single_turn": DialogueConfig(
+            initial_frames=total, max_frames_per_request=0, max_total_frames=total, max_turns=1, max_tokens_per_turn=256
+        ),
+    }
+
+
+def write_videos(settings: Settings, folder: Path) -> list[Path]:
+    """NExT-QA-shaped clips (640x480, 30 fps, x264's default keyframe interval), written once."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for number in range(settings.videos):
+        path = folder / f"clip_{number:02d}_{settings.video_seconds}s.mp4"
+        if not path.exists():
+            write_index_video(path.with_suffix(".partial.mp4"), num_frames=int(settings.video_seconds * FPS),
+                              fps=FPS, width=WIDTH, height=HEIGHT)
+            path.with_suffix(".partial.mp4").rename(path)
+        paths.append(path)
+    return paths
+
+
+def rows_for(count: int, group: int, videos: Sequence[Path]) -> list[dict[str, Any]]:
+    """``count`` dialogues: ``group`` rollouts per question, question ``q`` on video ``q % len(videos)``."""
+    return [
+        {
+            "qid": f"q{number // group}",
+            "video_path": str(videos[(number // group) % len(videos)]),
+            "question": f"Question {number // group}: what does the person do after picking up the cup?",
+            "options": ["drinks", "puts it down", "throws it", "washes it", "gives it away"],
+            "answer": "B",
+        }
+        for number in range(count)
+    ]
+
+
+def play(loop: Any, server: Any, rows: Sequence[dict[str, Any]]) -> list[tuple[Any, float]]:
+    """All dialogues concurrently on the loop's event loop, each registered as in flight with ``server`` if it
+    batches (OfflineVLLMServer sends a batch once every dialogue in flight waits for it)."""
+    params = {"temperature": 1.0, "top_p": 1.0, "logprobs": False}
+    track = getattr(server, "dialogue", None)
+
+    async def one(row: dict[str, Any]) -> tuple[Any, float]:
+        async with track() if track is not None else contextlib.nullcontext():
+            started = time.perf_counter()
+            output = await loop.run(dict(params), extra_info=dict(row))
+            return output, time.perf_counter() - started
+
+    async def everything() -> list[tuple[Any, float]]:
+        return await asyncio.gather(*(one(row) for row in rows))
+
+    return loop.loop.run_until_complete(everything())
+
+
+def run_batch(
+    method: str, loop: Any, forced: ForcedPolicyServer, decode: Intervals, rows: Sequence[dict[str, Any]]
+) -> dict[str, Any]:
+    """One timed batch: throughput, engine idle share, per-dialogue time outside ``generate``, decode overlap."""
+    loop.sampler.close()  # a fresh frame cache and fresh readers, as for a new batch of questions
+    forced.engine.clear()
+    decode.clear()
+    take_stats = getattr(forced.inner, "take_stats", None)
+    if take_stats is not None:
+        take_stats()
+    tokens_before = forced.generated_tokens
+    started = time.perf_counter()
+    results = play(loop, forced.inner, rows)
+    wall = time.perf_counter() - started
+    engine, decoding = forced.engine.union(), decode.union()
+    engine_busy, decode_busy = measure(engine), measure(decoding)
+    outputs = [output for output, _ in results]
+    outside = [1 - output.metrics.generate_sequences / seconds for output, seconds in results if seconds > 0]
+    stops: dict[str, int] = {}
+    for output in outputs:
+        stop = str(output.extra_fields.get("stop_reason"))
+        stops[stop] = stops.get(stop, 0) + 1
+    generated = forced.generated_tokens - tokens_before
+    entry = {
+        "method": method,
+        "dialogues": len(rows),
+        "wall_s": wall,
+        "dialogues_per_s": len(rows) / wall,
+        "generated_tokens": generated,
+        "generated_tokens_per_s": generated / wall,
+        "engine_busy_s": engine_busy,
+        "engine_idle_share": 1 - engine_busy / wall,
+        "outside_generate_share_mean": sum(outside) / len(outside),
+        "decode_busy_s": decode_busy,
+        "decode_overlapping_engine_share": overlap(decoding, engine) / decode_busy if decode_busy else 0.0,
+        "env_seconds_mean": sum(output.metrics.tool_calls for output in outputs) / len(outputs),
+        "frames_used_mean": sum(output.extra_fields.get("frames_used", 0) for output in outputs) / len(outputs),
+        "assistant_turns_mean": sum(output.extra_fields.get("assistant_turns", 0) for output in outputs) / len(outputs),
+        "stop_reasons": stops,
+        "sampler": dataclasses.asdict(loop.sampler.stats()),
+    }
+    if take_stats is not None:
+        entry["engine"] = take_stats()
+    return entry
+
+
+def make_server(settings: Settings, max_images: int, prompt_length: int, response_length: int) -> Any:
+    if settings.backend == "transformers":
+        from sparse_video_r1.hf_server import TransformersServer
+
+        return TransformersServer(settings.model, device="cpu", seed=settings.seed)
+    from sparse_video_r1.vllm_server import OfflineVLLMServer
+
+    return OfflineVLLMServer.launch(
+        settings.model,
+        max_images=max_images,
+        prompt_length=prompt_length,
+        response_length=response_length,
+        seed=settings.seed,
+        engine_kwargs={
+            "enable_prefix_caching": settings.prefix_caching,
+            "gpu_memory_utilization": 0.3,
+            "enforce_eager": True,
+        },
+    )
+
+
+def run(settings: Settings, work: Path) -> dict[str, Any]:
+    """Every method at every batch size against one server; returns the JSON payload."""
+    videos = write_videos(settings, work / "videos")
+    configs = dialogue_configs(settings)
+    prompt_length, response_length = 2048, 1024
+    server = make_server(settings, max(c.max_images_per_prompt() for c in configs.values()), prompt_length,
+                         response_length)
+    from verl.utils.tokenizer import hf_tokenizer
+
+    tokenizer = hf_tokenizer(settings.model)
+    engine, results = Intervals(), []
+    scripts = {
+        "adaptive": request_script(
+            float(settings.video_seconds), settings.initial_frames, settings.requested_frames, settings.seed
+        ),
+        "single_turn": lambda request_id, turn: ANSWER,
+    }
+    forced = ForcedPolicyServer(server, tokenizer, scripts["adaptive"], engine)
+    loops = {}
+    for method, config in configs.items():
+        loop = make_agent_loop(settings.model, forced, config, prompt_length=prompt_length,
+                               response_length=response_length)
+        decode = Intervals()
+        loop.sampler = TimedSampler(loop.sampler, decode)
+        loops[method] = (loop, decode)
+        print(f"[rollout] warm-up: {method}, {settings.warmup} dialogues", flush=True)
+        forced.script = scripts[method]
+        run_batch(method, loop, forced, decode, rows_for(settings.warmup, settings.group, videos))
+    for count in settings.dialogues:
+        rows = rows_for(count, settings.group, videos)
+        for method, (loop, decode) in loops.items():
+            forced.script = scripts[method]  # the methods run one after the other, never mixed
+            entry = run_batch(method, loop, forced, decode, rows)
+            entry["prefix_caching"] = settings.prefix_caching
+            results.append(entry)
+            print(f"[rollout] {method} x{count}: {entry['dialogues_per_s']:.1f} dialogues/s, "
+                  f"engine idle {entry['engine_idle_share']:.1%}, stops {entry['stop_reasons']}", flush=True)
+    return {"settings": dataclasses.asdict(settings), "results": results}
+
+
+def table(payload: dict[str, Any]) -> str:
+    """The printed summary: one row per (batch, method), then adaptive over single-turn throughput."""
+    header = ["prefix cache", "dialogues", "method", "dialogues/s", "gen tok/s", "engine idle", "outside generate",
+              "decode overlapped", "prefix hit", "frames", "turns"]
+    rows = []
+    for entry in payload["results"]:
+        hit = entry.get("engine", {}).get("prefix_cache_hit_rate")
+        rows.append([
+            "on" if entry["prefix_caching"] else "off", entry["dialogues"], entry["method"],
+            f"{entry['dialogues_per_s']:.2f}", f"{entry['generated_tokens_per_s']:.0f}",
+            f"{entry['engine_idle_share']:.1%}", f"{entry['outside_generate_share_mean']:.1%}",
+            f"{entry['decode_overlapping_engine_share']:.1%}", "-" if hit is None else f"{hit:.1%}",
+            f"{entry['frames_used_mean']:.1f}", f"{entry['assistant_turns_mean']:.1f}",
+        ])
+    widths = [max(len(h), *(len(str(r[i])) for r in rows)) for i, h in enumerate(header)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)),
+             "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(str(c).rjust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
+    by_batch: dict[int, dict[str, float]] = {}
+    for entry in payload["results"]:
+        by_batch.setdefault(entry["dialogues"], {})[entry["method"]] = entry["dialogues_per_s"]
+    for count, rates in sorted(by_batch.items()):
+        if {"adaptive", "single_turn"} <= rates.keys():
+            lines.append(f"{count} dialogues: adaptive runs at {rates['adaptive'] / rates['single_turn']:.2f}x the "
+                         "dialogues/s of single-turn with the same frames (target >= 0.9)")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--work", type=Path, help="videos (and the tiny model without --model); default OUT/work")
+    parser.add_argument("--backend", choices=("vllm", "transformers"), default="vllm")
+    parser.add_argument("--model", help="a Qwen2.5-VL directory; default: build the tiny random one under --work")
+    parser.add_argument("--dialogues", type=int, nargs="+", default=[64, 256])
+    parser.add_argument("--group", type=int, default=8, help="GRPO n: rollouts per question")
+    parser.add_argument("--initial-frames", type=int, default=4)
+    parser.add_argument("--requested-frames", type=int, default=4)
+    parser.add_argument("--video-seconds", type=int, default=30)
+    parser.add_argument("--videos", type=int, default=8)
+    parser.add_argument("--prefix-caching", choices=("on", "off"), default="on")
+    parser.add_argument("--warmup", type=int, default=8, help="untimed dialogues per method first")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    work = args.work or args.out / "work"
+    model = args.model
+    if model is None:
+        from sparse_video_r1.tiny_model import build_tiny_qwen2_5_vl
+
+        model = str(build_tiny_qwen2_5_vl(work / "tiny"))
+    settings = Settings(
+        backend=args.backend, model=model, dialogues=tuple(args.dialogues), group=min(args.group, min(args.dialogues)),
+        initial_frames=args.initial_frames, requested_frames=args.requested_frames, video_seconds=args.video_seconds,
+        videos=args.videos, prefix_caching=args.prefix_caching == "on", warmup=args.warmup, seed=args.seed,
+    )
+    began = time.perf_counter()
+    payload = run(settings, work)
+    payload["seconds"] = time.perf_counter() - began
+    payload["command"] = " ".join([Path(sys.executable).name, *sys.argv])
+    text = table(payload)
+    print(text)
+    args.out.mkdir(parents=True, exist_ok=True)
+    name = f"rollout_{args.backend}_prefix_{args.prefix_caching}"
+    (args.out / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    (args.out / f"{name}.txt").write_text(text + "\n")
+    print(f"wrote {args.out / name}.json and .txt", flush=True)
+
+
+if __name__ == "__main__":
+    main()
