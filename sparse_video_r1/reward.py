@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sparse_video_r1.config import RewardConfig, from_mapping
+from sparse_video_r1.dialogue import StopReason
 from sparse_video_r1.protocol import OPTION_LETTERS, parse_final_answer
 
 logger = logging.getLogger(__name__)
@@ -47,6 +48,7 @@ class DialogueOutcome:
     frames_used: int
     assistant_turns: int = 0
     requested_frames: int = 0
+    stop_reason: str | None = None
 
 
 def normalize_ground_truth(ground_truth: Any) -> str:
@@ -100,6 +102,7 @@ def dialogue_outcome(solution_str: str, extra_info: Mapping[str, Any]) -> Dialog
             frames_used=_loop_int(extra_info, "frames_used"),
             assistant_turns=_loop_int(extra_info, "assistant_turns"),
             requested_frames=_loop_int(extra_info, "requested_frames"),
+            stop_reason=str(extra_info[_LOOP_MARKER]),
         )
     _warn_no_loop_fields()
     answer = parse_final_answer(solution_str)
@@ -117,8 +120,10 @@ def compute_score(
 
     Every term is returned too, under the same keys for every rollout, because verl logs each key of
     the dict and stacks them across the batch (and writes them into ``trainer.rollout_data_dir`` dumps).
-    ``assistant_turns`` and ``requested_frames`` are not reward terms: they make those dumps say how
-    each dialogue went. Without agent-loop fields they are 0 (unknown).
+    ``assistant_turns``, ``requested_frames`` and one ``stop/<reason>`` indicator per
+    :class:`~sparse_video_r1.dialogue.StopReason` are not reward terms: they make verl's step metrics give
+    the rate of every way a dialogue ends (``invalid_turn``, ``truncated``, ``video_error``...) and the
+    dumps say how each dialogue went. Without agent-loop fields they are 0 (unknown).
     """
     config = from_mapping(
         RewardConfig, {key: value for key, value in reward_kwargs.items() if key not in _VERL_INJECTED_KWARGS}
@@ -137,4 +142,5 @@ def compute_score(
         "frames_used": float(outcome.frames_used),
         "assistant_turns": float(outcome.assistant_turns),
         "requested_frames": float(outcome.requested_frames),
+        **{f"stop/{reason.value}": float(outcome.stop_reason == reason.value) for reason in StopReason},
     }

@@ -9,10 +9,17 @@ import pytest
 import torch
 from PIL import Image
 
+from sparse_video_r1.dialogue import StopReason
 from sparse_video_r1.protocol import followup_user_content
 from sparse_video_r1.reward import compute_score, normalize_ground_truth
 
-KEYS = {"score", "accuracy", "format", "frame_penalty", "frames_used", "assistant_turns", "requested_frames"}
+STOPS = {f"stop/{reason.value}" for reason in StopReason}
+KEYS = {"score", "accuracy", "format", "frame_penalty", "frames_used", "assistant_turns", "requested_frames"} | STOPS
+
+
+def stops(reason: str | None) -> dict[str, float]:
+    """The stop indicators compute_score returns when the dialogue ended with ``reason``."""
+    return {key: float(key == f"stop/{reason}") for key in STOPS}
 
 
 class _Frame:
@@ -73,6 +80,7 @@ def test_correct_answer_with_frame_cost() -> None:
             "assistant_turns": 2.0,
             "requested_frames": 2.0,
         }
+        | stops("answered")
     )
     assert all(type(value) is float for value in result.values())
 
@@ -123,6 +131,7 @@ def test_no_answer_scores_zero_accuracy() -> None:
     assert result == pytest.approx(
         {"score": -0.16, "accuracy": 0.0, "format": 0.0, "frame_penalty": 0.16, "frames_used": 16.0}
         | {"assistant_turns": 2.0, "requested_frames": 2.0}
+        | stops("max_turns")
     )
 
 
