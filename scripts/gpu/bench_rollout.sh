@@ -6,7 +6,8 @@
 #   bash scripts/gpu/bench_rollout.sh OUT_DIR
 #
 # Writes OUT_DIR/{rollout_vllm_prefix_on,rollout_vllm_prefix_off}.{json,txt}, the two logs and nvidia-smi.txt.
-# About 3-4 minutes on one H100/H200 (two engine starts of ~40-60 s each, ~30 s of videos, the batches).
+# About 3-5 minutes on one H100/H200 (two engine starts of ~40-90 s each, ~30 s of videos, the batches).
+# PREFIX=on or PREFIX=off runs one setting only (two calls then share WORK, default /tmp/svr1_bench_rollout).
 # CPU check of the same code path: python benchmarks/rollout.py --backend transformers --dialogues 4 --out /tmp/r
 set -euo pipefail
 OUT=$(mkdir -p "${1:?usage: bench_rollout.sh OUT_DIR}" && cd "$1" && pwd)
@@ -15,7 +16,7 @@ export RAY_AUTH_MODE=disabled VLLM_USE_FLASHINFER_SAMPLER=0 PYTHONUNBUFFERED=1
 mkdir -p "$WORK"
 nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1 || true
 [ -f "$WORK/tiny/config.json" ] || python -m sparse_video_r1.tiny_model "$WORK/tiny"
-for prefix in on off; do
+for prefix in ${PREFIX:-on off}; do
   echo "== prefix caching $prefix =="
   python benchmarks/rollout.py --backend vllm --model "$WORK/tiny" --work "$WORK" --out "$OUT" \
     --dialogues 64 256 --prefix-caching "$prefix" "${@:2}" 2>&1 | tee "$OUT/rollout_prefix_$prefix.log"
