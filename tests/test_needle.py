@@ -218,6 +218,24 @@ def test_traces_replay_through_the_episode_and_answer_the_card_only_when_shown(
         assert messages[-1] == {"role": "assistant", "content": final}
 
 
+def test_reading_videos_show_the_card_at_once_and_their_traces_answer_without_requests(
+    tmp_path: Path, sampler: FrameSampler
+) -> None:
+    rng = random.Random(1)
+    for _ in range(200):
+        video = needle.draw_video(rng, needle.DIALOGUE.initial_frames, hidden=False)
+        opening = needle.uniform_frame_times(video.duration, needle.DIALOGUE.initial_frames)
+        assert any(video.needle.shows(t) for t in opening)
+    rows = needle.write_split(tmp_path, "read", 3, rng, needle.DIALOGUE.initial_frames, hidden=False)
+    infos = [row["extra_info"] for row in rows]
+    for record in needle.needle_traces(infos, needle.DIALOGUE):
+        trace = Trace(VideoQA.from_extra_info(record["extra_info"]), tuple(record["turns"]))
+        _, images = replay(trace, needle.DIALOGUE, sampler)
+        colours = {needle.read_card(image) for image in images} - {None}
+        assert record["card_seen"] and len(trace.turns) == 1 and len(colours) == 1
+        assert f"<answer>{OPTION_LETTERS[colours.pop()]}</answer>" in trace.turns[0]
+
+
 def test_traces_need_a_dialogue_that_allows_requests() -> None:
     info = {"qid": "q", "video_path": "/nonexistent.mp4", "question": "?", "options": ["a", "b"], "answer": "A"}
     with pytest.raises(ValueError, match="allows frame requests"):

@@ -13,8 +13,8 @@
 #   main, ablation   one run alone (the fallback if two at once do not fit).
 #   report    held-out evaluation (python -m sparse_video_r1.evaluate, vLLM, greedy) of the SFT model
 #             (adaptive and uniform 4/8/16/32) and of both RL models (adaptive), then the table.
-# Every call ends by writing the curves of what the runs have done so far (needle_curves.{png,json}) and
-# OUT_DIR/needle_runs.tgz (run logs, verl metrics, rollout and validation dumps, HF models, evaluations).
+# Every call ends by writing the curves of what the runs have done so far (OUT_DIR/needle_curves.{png,json}),
+# OUT_DIR/needle_runs.tgz (logs, metrics, dumps, evaluations) and OUT_DIR/needle_models.tgz (HF models).
 #
 # The runs are time-bounded and resumable: each is stopped at DEADLINE_S seconds after this script started
 # (less PACK_S for packing up) and continues from its last checkpoint when `train` is called again, until
@@ -24,7 +24,8 @@
 # /tmp/svr1_needle) holds the state between calls.
 # Knobs: STEPS (150), DEADLINE_S (570), PACK_S (40), SAVE_EVERY (10), VAL_EVERY (10), BATCH (16 questions per
 # step), N (8 rollouts each), MINI_BATCH (8 questions per update), LR (1e-4), GPU_UTIL (0.25 per run),
-# KV_CACHE_GB (4 per run), TRAIN (512), VAL (128), TRACES (2 per train video), SFT_EPOCHS (3), SFT_LR (1e-3), SEED (0).
+# KV_CACHE_GB (4 per run), TRAIN (512), VAL (128), TRACES (1 per train video),
+# READING (256 cold-start videos whose opening frames show the card), SFT_EPOCHS (3), SFT_LR (1e-3), SEED (0).
 # PRINT_OVERRIDES=1 prints the `main` run's hydra overrides, one per line, and exits (the tests compose them).
 set -euo pipefail
 STARTED=$(date +%s)
@@ -61,8 +62,12 @@ for key, value in fields.items():
 DIALOGUE=${DIALOGUE_LINES[0]}
 DIALOGUE_OVERRIDES=("${DIALOGUE_LINES[@]:1}")
 # The same dialogue as evaluate's flags.
-EVAL_DIALOGUE=(--initial-frames 4 --max-frames-per-request 1 --max-total-frames 6 --max-turns 3 --max-pixels 12544
-  --max-tokens-per-turn 48 --prompt-length "$PROMPT_LENGTH" --response-length "$RESPONSE_LENGTH")
+read -r -a EVAL_DIALOGUE < <(python -c 'import json, sys
+fields = json.loads(sys.argv[1])
+keys = ("initial_frames", "max_frames_per_request", "max_total_frames", "max_turns", "max_pixels", "max_tokens_per_turn")
+print(" ".join(f"--{key.replace(chr(95), chr(45))} {fields[key]}" for key in keys))' "$DIALOGUE")
+# (evaluate sizes the prompt itself: uniform_32 needs a longer one than training does).
+EVAL_DIALOGUE+=(--response-length "$RESPONSE_LENGTH")
 
 has_stage() { [[ ",$STAGE," == *",$1,"* ]]; }
 log() { echo "[needle_grpo $(($(date +%s) - STARTED))s] $*"; }
@@ -168,7 +173,7 @@ if has_stage prepare; then
   python -m sparse_video_r1.tiny_model "$WORK/tiny"
   log "generating needle videos"
   python -m sparse_video_r1.needle --out "$WORK/data" --train "${TRAIN:-512}" --val "${VAL:-128}" --seed "$SEED" \
-    --traces "${TRACES:-2}" --dialogue "$DIALOGUE" > "$WORK/needle_data.json"
+    --traces "${TRACES:-1}" --reading "${READING:-256}" --dialogue "$DIALOGUE" > "$WORK/needle_data.json"
   log "SFT cold start"
   python -m sparse_video_r1.sft --dialogue "$DIALOGUE" train --model "$WORK/tiny" --traces "$WORK/data/traces.jsonl" \
     --out "$WORK/sft" --epochs "${SFT_EPOCHS:-3}" --lr "${SFT_LR:-1e-3}" --seed "$SEED" --dtype float32 \
