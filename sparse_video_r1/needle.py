@@ -54,6 +54,7 @@ CLI::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -385,6 +386,8 @@ def needle_traces(
     copies: int = 1,
     seed: int = 0,
     max_requests: int = 2,
+    uniform_share: float = 0.0,
+    uniform_frames: Sequence[int] = (4, 8, 16),
 ) -> list[dict[str, Any]]:
     """Protocol traces with *uninformed* requests, ``copies`` per video, in the format ``sft`` reads.
 
@@ -394,7 +397,10 @@ def needle_traces(
     card's colour if a shown frame showed it and a random colour otherwise; a trace whose opening frames
     already show the card (a reading video, :func:`draw_video` with ``hidden=False``) answers at once. The
     cold start thus teaches the format and reading the card, never where to look: that is left to RL.
-    ``card_seen`` records which traces saw the card (``sft`` ignores it).
+    ``card_seen`` records which traces saw the card (``sft`` ignores it). A share ``uniform_share`` of the
+    traces are single-turn uniform-frame dialogues instead (N from ``uniform_frames``, the evaluation's
+    ``uniform_N`` prompt, see :mod:`sparse_video_r1.sft`), answered the same way, so those baselines measure
+    what their frames show rather than a prompt the model never saw.
     """
     if not dialogue.allows_requests:
         raise ValueError("needle traces need a dialogue that allows frame requests")
@@ -407,11 +413,22 @@ def needle_traces(
         colour = OPTION_LETTERS.index(str(sample.answer))
         inside = [slot_centre(slot) for slot in range(NUM_SLOTS) if slot_centre(slot) < needle.duration]
         for _ in range(copies):
+            if uniform_share and rng.random() < uniform_share:
+                frames = rng.choice(list(uniform_frames))
+                single = {"initial_frames": frames, "max_total_frames": frames, "max_turns": 1}
+                episode = Episode(sample, dataclasses.replace(dialogue, **single), sampler)
+                episode.start()
+                seen = any(needle.shows(frame.timestamp) for frame in episode.frames)
+                turns = [answer_text(colour if seen else None, rng.randrange(len(COLOURS)))]
+                traces.append({"extra_info": asdict(sample), "turns": turns, "card_seen": seen, "dialogue": single})
+                continue
             episode = Episode(sample, dialogue, sampler)
             episode.start()
             turns: list[str] = []
             seen = any(needle.shows(frame.timestamp) for frame in episode.frames)
-            unasked = list(inside)  # a repeated time would show nothing new
+            shown = {frame.index for frame in episode.frames}
+            # A time on a frame already shown would show nothing new (and be dropped as a repeat).
+            unasked = [t for t in inside if math.floor(t * FPS + 1e-6) not in shown]
             while (
                 not seen
                 and unasked
@@ -446,6 +463,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         default=0,
         help="extra cold-start videos whose opening frames show the card (OUT/read.parquet), one trace each",
     )
+    parser.add_argument(
+        "--uniform-share",
+        type=float,
+        default=0.2,
+        help="share of train traces that are single-turn uniform 4/8/16-frame dialogues (the baselines' prompt)",
+    )
     parser.add_argument("--dialogue", default=json.dumps(asdict(DIALOGUE)), help="DialogueConfig fields as JSON")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -470,14 +493,18 @@ def main(argv: Sequence[str] | None = None) -> None:
         }
     if args.traces:
         infos = [row["extra_info"] for row in rows["train"]]
-        traces = needle_traces(infos, dialogue, copies=args.traces, seed=args.seed)
+        traces = needle_traces(infos, dialogue, copies=args.traces, seed=args.seed, uniform_share=args.uniform_share)
         if args.reading:
             reading = write_split(args.out, "read", args.reading, rng, dialogue.initial_frames, hidden=False)
             traces += needle_traces([row["extra_info"] for row in reading], dialogue, seed=args.seed + 1)
             random.Random(args.seed).shuffle(traces)
         with open(args.out / "traces.jsonl", "w", encoding="utf-8") as handle:
             handle.writelines(json.dumps(trace) + "\n" for trace in traces)
-        summary["traces"] = {"traces": len(traces), "card_seen": sum(trace["card_seen"] for trace in traces)}
+        summary["traces"] = {
+            "traces": len(traces),
+            "card_seen": sum(trace["card_seen"] for trace in traces),
+            "single_turn_uniform": sum("dialogue" in trace for trace in traces),
+        }
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))
 

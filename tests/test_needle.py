@@ -196,6 +196,8 @@ def test_traces_replay_through_the_episode_and_answer_the_card_only_when_shown(
     centres = {needle.slot_centre(slot) for slot in range(needle.NUM_SLOTS)}
     for line in lines:
         record = json.loads(line)
+        if "dialogue" in record:  # a single-turn uniform trace: see the uniform test below
+            continue
         trace = Trace(VideoQA.from_extra_info(record["extra_info"]), tuple(record["turns"]))
         messages, images = replay(trace, needle.DIALOGUE, sampler)
         info = infos[trace.sample.qid]
@@ -349,3 +351,19 @@ def test_table_scores_evaluate_records_against_the_needles(task: Path) -> None:
     bound = needle.uniform_hit_rate(infos, 8)
     assert uniform_8["perfect_reader_accuracy"] == pytest.approx(bound + (1 - bound) / 5)
     assert uniform_8["share_requested"] == 0.0 and "| rl | uniform_8 |" in (out / "needle_table.md").read_text()
+
+
+def test_uniform_traces_play_the_baseline_prompt_and_answer_the_card_only_when_shown(task: Path) -> None:
+    infos = extra_infos(task, "train")
+    traces = needle.needle_traces(infos * 4, needle.DIALOGUE, seed=1, uniform_share=0.5, uniform_frames=(4, 16))
+    uniform = [trace for trace in traces if "dialogue" in trace]
+    assert 0 < len(uniform) < len(traces)
+    sampler = FrameSampler.from_config(needle.DIALOGUE)
+    for record in uniform:
+        trace = Trace(VideoQA.from_extra_info(record["extra_info"]), tuple(record["turns"]), record["dialogue"])
+        _, images = replay(trace, needle.DIALOGUE, sampler)
+        assert len(trace.turns) == 1 and len(images) == record["dialogue"]["initial_frames"]
+        shows_card = any(needle.read_card(image) is not None for image in images)
+        assert shows_card == record["card_seen"]
+        if shows_card:
+            assert trace.turns[0].endswith(f"<answer>{record['extra_info']['answer']}</answer>")
