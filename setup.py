@@ -21,7 +21,9 @@ setup(
         "pandas",
         "pyarrow",
         "tqdm",
-        "av",  # writes the generated videos of the demo, tests and GPU smoke runs
+        # PyAV decodes the frames (frames.py) and writes generated videos; 19.0.2 rejects
+        # av.open(metadata_errors=...), which frames.py passes.
+        "av>=14,<19",
         "matplotlib",  # evaluation plots
         *VERL_AGENT_LOOP_RUNTIME,
     ],

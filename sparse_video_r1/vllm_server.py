@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -110,6 +111,9 @@ class OfflineVLLMServer:
         :meth:`~sparse_video_r1.config.DialogueConfig.max_images_per_prompt`) and the context holds
         ``prompt_length + response_length`` tokens, as in training.
         """
+        # The caller may have touched CUDA already (memory stats, a torch model); vLLM's default fork of its
+        # engine process then dies with "Cannot re-initialize CUDA in forked subprocess".
+        os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
         import vllm
         from verl.utils.tokenizer import hf_processor
 
