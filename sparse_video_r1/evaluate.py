@@ -377,7 +377,10 @@ def plot_accuracy_vs_frames(metrics: Mapping[str, Mapping[str, Any]], path: Path
     if uniform:
         ax.plot(*zip(*uniform, strict=True), "o-", color="tab:blue", label="uniform N frames, one turn")
     for name, (x, y) in points.items():
-        ax.annotate(name, (x, y), textcoords="offset points", xytext=(6, -10), fontsize=8)
+        # The adaptive label goes above its star, the baselines' below: a policy that never requests sits
+        # exactly on uniform_<initial frames>, and the two labels must not print over each other.
+        offset = (6, 8) if name == ADAPTIVE else (6, -10)
+        ax.annotate(name, (x, y), textcoords="offset points", xytext=offset, fontsize=8)
     if ADAPTIVE in points:
         x, y = points[ADAPTIVE]
         ax.plot([x], [y], "*", color="tab:red", markersize=16, label="adaptive requests")

@@ -128,7 +128,7 @@ if [ "${PRINT_OVERRIDES:-0}" = 1 ]; then
 fi
 
 grpo() {  # grpo RUN_NAME LOSS_ON [extra overrides...]: run until STEPS or DEADLINE, then export the last HF model
-  local name=$1 run=$WORK/runs/$1 part budget pid status=0
+  local name=$1 loss_on=$2 run=$WORK/runs/$1 part budget pid status=0
   mapfile -t args < <(overrides "$1" "$2")
   shift 2
   part=$(date +%Y%m%d-%H%M%S)
@@ -140,7 +140,7 @@ grpo() {  # grpo RUN_NAME LOSS_ON [extra overrides...]: run until STEPS or DEADL
   fi
   echo "python -m verl.trainer.main_ppo --config-path=$ROOT/configs --config-name=sparse_video_grpo ${args[*]} $*" \
     > "$run/command.txt"
-  log "$name: starting (loss_on=$2, at most ${budget}s; log $run/grpo_$part.log)"
+  log "$name: starting (loss_on=$loss_on, at most ${budget}s; log $run/grpo_$part.log)"
   # timeout puts the run in its own process group and signals all of it (Ray and vLLM processes included).
   MLP_CURRENT_CAPACITY_BLOCK_EXPIRATION_TIMESTAMP=$DEADLINE VERL_FILE_LOGGER_PATH="$run/metrics_$part.jsonl" \
     timeout -s TERM -k 20 "$budget" python -m verl.trainer.main_ppo --config-path="$ROOT/configs" \
