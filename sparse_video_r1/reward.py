@@ -121,9 +121,9 @@ def compute_score(
     Every term is returned too, under the same keys for every rollout, because verl logs each key of
     the dict and stacks them across the batch (and writes them into ``trainer.rollout_data_dir`` dumps).
     ``assistant_turns``, ``requested_frames`` and one ``stop/<reason>`` indicator per
-    :class:`~sparse_video_r1.dialogue.StopReason` are not reward terms: they make verl's step metrics give
-    the rate of every way a dialogue ends (``invalid_turn``, ``truncated``, ``video_error``...) and the
-    dumps say how each dialogue went. Without agent-loop fields they are 0 (unknown).
+    :class:`~sparse_video_r1.dialogue.StopReason` are not reward terms: they make the rollout dumps say how
+    each dialogue went, and verl's validation metrics give the rate of every way a dialogue ends
+    (``invalid_turn``, ``truncated``, ``video_error``...). Without agent-loop fields they are 0 (unknown).
     """
     config = from_mapping(
         RewardConfig, {key: value for key, value in reward_kwargs.items() if key not in _VERL_INJECTED_KWARGS}
