@@ -76,6 +76,10 @@ class RewardConfig:
     accuracy_weight: float = 1.0
     format_weight: float = 0.1
     frame_cost: float = 0.0
+    #: The score of a sample the environment failed (``video_error``, ``decode_timeout``, ``error``). Such a
+    #: sample gets no gradient, so this only moves the mean of its GRPO group: set it near the group's
+    #: typical score to keep one broken video from raising its siblings' advantages.
+    failure_score: float = 0.0
 
 
 def from_mapping(cls: type[_T], values: Mapping[str, Any] | None) -> _T:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sparse_video_r1.config import RewardConfig, from_mapping
-from sparse_video_r1.dialogue import StopReason
+from sparse_video_r1.dialogue import ENVIRONMENT_FAILURES, StopReason
 from sparse_video_r1.protocol import OPTION_LETTERS, parse_final_answer
 
 logger = logging.getLogger(__name__)
@@ -37,6 +37,7 @@ _VERL_INJECTED_KWARGS = frozenset({"reward_router_address", "reward_model_tokeni
 #: would not do: dataset preprocessors often store the gold answer under ``extra_info["answer"]``.
 _LOOP_MARKER = "stop_reason"
 _ANSWERED = "answered"
+_FAILURES = frozenset(reason.value for reason in ENVIRONMENT_FAILURES)
 
 
 @dataclass(frozen=True)
@@ -116,7 +117,8 @@ def compute_score(
     extra_info: dict | None = None,
     **reward_kwargs: Any,
 ) -> dict[str, float]:
-    """``score = accuracy_weight*accuracy + format_weight*format - frame_cost*frames_used``.
+    """``score = accuracy_weight*accuracy + format_weight*format - frame_cost*frames_used``, or
+    ``failure_score`` when the environment failed the sample (its video, a decode, an exception).
 
     Every term is returned too, under the same keys for every rollout, because verl logs each key of
     the dict and stacks them across the batch (and writes them into ``trainer.rollout_data_dir`` dumps).
@@ -134,6 +136,8 @@ def compute_score(
     fmt = float(outcome.well_formed)
     frame_penalty = config.frame_cost * outcome.frames_used
     score = config.accuracy_weight * accuracy + config.format_weight * fmt - frame_penalty
+    if outcome.stop_reason in _FAILURES:
+        score = config.failure_score
     return {
         "score": float(score),
         "accuracy": accuracy,

@@ -254,3 +254,16 @@ def test_real_verl_reward_loop_call() -> None:
     assert result["reward_score"] == pytest.approx(1.0 + 0.2 - 0.08)
     assert set(result["reward_extra_info"]) == KEYS
     assert result["reward_extra_info"]["frames_used"] == 8.0
+
+
+@pytest.mark.parametrize("reason", ["video_error", "decode_timeout", "error"])
+def test_environment_failures_score_the_configured_failure_score(reason: str) -> None:
+    extra = verl_extra_info(ROW, loop_fields(stop_reason=reason, answer=None, frames_used=0), num_turns=1)
+    result = compute_score("d", "", "B", extra, failure_score=0.25)
+    assert result["score"] == 0.25 and result["accuracy"] == 0.0 and result[f"stop/{reason}"] == 1.0
+
+
+def test_a_model_failure_is_not_an_environment_failure() -> None:
+    extra = verl_extra_info(ROW, loop_fields(stop_reason="invalid_turn", answer=None, invalid_turns=1), num_turns=2)
+    result = compute_score("d", "<think>x</think>", "B", extra, failure_score=0.25, frame_cost=0.01)
+    assert result["score"] == pytest.approx(-0.06)
