@@ -17,7 +17,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from sparse_video_r1 import evaluate, viewer
+from sparse_video_r1 import eval_report, evaluate, viewer
 
 CHROMIUM_FLAGS = (
     "--headless",
@@ -67,7 +67,7 @@ def main() -> None:
     parser.add_argument("out", type=Path, help="an evaluation output folder")
     parser.add_argument("png", type=Path)
     parser.add_argument("--qids", default="", help="comma-separated: shoot a page of just these dialogues")
-    parser.add_argument("--method", default=evaluate.ADAPTIVE, help="whose dialogues --qids picks from")
+    parser.add_argument("--method", default=eval_report.ADAPTIVE, help="whose dialogues --qids picks from")
     parser.add_argument("--width", type=int, default=1200)
     parser.add_argument("--height", type=int, default=2400)
     parser.add_argument("--browser", default=shutil.which("chromium") or "chromium")

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from verl.utils.tokenizer import hf_tokenizer
 
-from sparse_video_r1 import evaluate
+from sparse_video_r1 import eval_report, evaluate
 from sparse_video_r1.config import DialogueConfig
 from sparse_video_r1.data import preprocess_split, read_nextqa_split
 from sparse_video_r1.data.nextqa import QUESTION_GROUPS
@@ -232,7 +232,7 @@ def test_summarize_hand_made_records():
         record(None, True, "answered"),
         record("DO", False, "context_limit", visual_tokens=100),
     ]
-    metrics = evaluate.summarize(records)
+    metrics = eval_report.summarize(records)
     assert (metrics["n"], metrics["correct"]) == (7, 4)
     assert metrics["accuracy"] == pytest.approx(4 / 7)
     assert list(metrics["accuracy_by_group"]) == ["Causal", "Temporal", "Descriptive", "Other"]
@@ -250,9 +250,9 @@ def test_summarize_hand_made_records():
     assert shares == pytest.approx([4 / 7, 1 / 7, 1 / 7, 1 / 7])
     assert metrics["wall_seconds"] == 5.0  # run a lasted 3 s, run b 2 s
     assert metrics["questions_per_second"] == pytest.approx(7 / 5)
-    empty = evaluate.summarize([])
+    empty = eval_report.summarize([])
     assert (empty["n"], empty["accuracy"], empty["questions_per_second"]) == (0, None, None)
-    table = evaluate.markdown_table({"adaptive": metrics, "uniform_4": empty})
+    table = eval_report.markdown_table({"adaptive": metrics, "uniform_4": empty})
     assert "| adaptive | 7 | 57.1 | 50.0 | 100.0 | 0.0 | 100.0 |" in table
     assert "| uniform_4 | 0 | - |" in table
 
