@@ -216,8 +216,9 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
     lines.append("  ".join("-" * w for w in widths))
     for row, raw in zip(cells, rows, strict=True):
-        parts = [c.rjust(w) if isinstance(v, int | float) else c.ljust(w)
-                 for c, v, w in zip(row, raw, widths, strict=True)]
+        parts = [
+            c.rjust(w) if isinstance(v, int | float) else c.ljust(w) for c, v, w in zip(row, raw, widths, strict=True)
+        ]
         lines.append("  ".join(parts))
     return "\n".join(lines)
 

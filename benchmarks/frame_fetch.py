@@ -198,10 +198,18 @@ def run_latency(
             summary["cpu_total_over_floor"] = sum(cpu[name]) / sum(cpu["floor"][: len(cpu[name])])
             summary["cpu_median_ratio_to_floor"] = float(np.median(paired[name])) if name != "floor" else 1.0
             entry[name] = summary
-            rows.append([
-                f"k={keyint}", name, summary["n"], summary["p50_ms"], summary["p95_ms"], summary["cpu_mean_ms"],
-                summary["cpu_total_over_floor"], summary["cpu_median_ratio_to_floor"],
-            ])
+            rows.append(
+                [
+                    f"k={keyint}",
+                    name,
+                    summary["n"],
+                    summary["p50_ms"],
+                    summary["p95_ms"],
+                    summary["cpu_mean_ms"],
+                    summary["cpu_total_over_floor"],
+                    summary["cpu_median_ratio_to_floor"],
+                ]
+            )
         entry["sampler"]["cpu_total_over_floor_from_rates"] = sum(cpu["sampler"]) / floor_from_rates
         entry["floor_cpu_total_s"] = sum(cpu["floor"])
         results[f"keyint_{keyint}"] = entry
@@ -237,8 +245,16 @@ def rss_child(spec: dict[str, Any]) -> None:
     for path in spec["paths"]:
         duration = sampler.info(path).duration
         sampler.fetch(path, [duration * (i + 0.5) / 4 for i in range(4)])
-    print(json.dumps({"baseline_mb": baseline, "peak_mb": _status_mb("VmHWM"), "open": len(sampler.open_paths),
-                      "cached_frames_mb": sampler.cached_frames[1] / 2**20}))
+    print(
+        json.dumps(
+            {
+                "baseline_mb": baseline,
+                "peak_mb": _status_mb("VmHWM"),
+                "open": len(sampler.open_paths),
+                "cached_frames_mb": sampler.cached_frames[1] / 2**20,
+            }
+        )
+    )
 
 
 def run_rss(videos: Sequence[Path], count: int) -> tuple[list[dict[str, Any]], list[list[Any]]]:
@@ -254,12 +270,22 @@ def run_rss(videos: Sequence[Path], count: int) -> tuple[list[dict[str, Any]], l
             spec = {"paths": paths, "max_open_videos": max_open, "frame_cache_mb": cache_mb}
             out = subprocess.run(
                 [sys.executable, __file__, "--rss-child", json.dumps(spec)],
-                check=True, capture_output=True, text=True, cwd=os.path.dirname(__file__),
+                check=True,
+                capture_output=True,
+                text=True,
+                cwd=os.path.dirname(__file__),
             )
             measured = json.loads(out.stdout.strip().splitlines()[-1])
             growth = measured["peak_mb"] - measured["baseline_mb"]
-            results.append({"videos": count, "max_open_videos": max_open, "frame_cache_mb": cache_mb, **measured,
-                            "growth_mb": growth})
+            results.append(
+                {
+                    "videos": count,
+                    "max_open_videos": max_open,
+                    "frame_cache_mb": cache_mb,
+                    **measured,
+                    "growth_mb": growth,
+                }
+            )
             rows.append([count, max_open, cache_mb, measured["baseline_mb"], measured["peak_mb"], growth])
     return results, rows
 

@@ -55,13 +55,15 @@ def plan_group(duration: float, rollouts: int, turns: int, jitter: float, rng: r
     plan = []
     for _ in range(turns):
         moments = [rng.uniform(0, duration) for _ in range(rng.randint(2, 4))]
-        plan.append([
-            tuple(
-                min(duration - 1e-3, max(0.0, rng.choice(moments) + rng.uniform(-jitter, jitter)))
-                for _ in range(rng.randint(1, 8))
-            )
-            for _ in range(rollouts)
-        ])
+        plan.append(
+            [
+                tuple(
+                    min(duration - 1e-3, max(0.0, rng.choice(moments) + rng.uniform(-jitter, jitter)))
+                    for _ in range(rng.randint(1, 8))
+                )
+                for _ in range(rollouts)
+            ]
+        )
     return plan
 
 
@@ -82,12 +84,14 @@ def run_method(
                 list(pool.map(lambda timestamps, p=path: sampler.fetch(p, timestamps), requests))
                 seconds = time.perf_counter() - began
                 after = sampler.stats()
-                turns.append({
-                    "frames_decoded": after.frames_decoded - before.frames_decoded,
-                    "seeks": after.seeks - before.seeks,
-                    "cache_hits": after.cache_hits - before.cache_hits,
-                    "seconds": seconds,
-                })
+                turns.append(
+                    {
+                        "frames_decoded": after.frames_decoded - before.frames_decoded,
+                        "seeks": after.seeks - before.seeks,
+                        "cache_hits": after.cache_hits - before.cache_hits,
+                        "seconds": seconds,
+                    }
+                )
             sampler.close()  # the worker moves on to another question
     totals = {key: sum(turn[key] for turn in turns) for key in ("frames_decoded", "seeks", "cache_hits")}
     return turns, totals
@@ -105,8 +109,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     load_before = load_average()
     rng = random.Random(args.seed)
-    results: dict[str, Any] = {"load_average_before": load_before, "settings": vars(args) | {
-        "videos": str(args.videos), "out": str(args.out)}}
+    results: dict[str, Any] = {
+        "load_average_before": load_before,
+        "settings": vars(args) | {"videos": str(args.videos), "out": str(args.out)},
+    }
     rows = []
     for keyint in KEYFRAME_INTERVALS:
         paths = ensure_videos([VideoSpec(s, keyint) for s in SECONDS], args.videos)
@@ -143,10 +149,20 @@ def main(argv: Sequence[str] | None = None) -> None:
                 "turns_with_a_gop_decoded_twice": over,
                 "per_turn": turns,
             }
-            rows.append([
-                f"k={keyint}", name, len(turns), totals["frames_decoded"], sum(floors),
-                totals["frames_decoded"] / sum(floors), totals["seeks"], sum(gops), over, seconds,
-            ])
+            rows.append(
+                [
+                    f"k={keyint}",
+                    name,
+                    len(turns),
+                    totals["frames_decoded"],
+                    sum(floors),
+                    totals["frames_decoded"] / sum(floors),
+                    totals["seeks"],
+                    sum(gops),
+                    over,
+                    seconds,
+                ]
+            )
         entry["speedup_wall"] = entry["no cache"]["seconds"] / entry["shared cache"]["seconds"]
         entry["decode_work_ratio"] = entry["no cache"]["frames_decoded"] / entry["shared cache"]["frames_decoded"]
         results[f"keyint_{keyint}"] = entry
@@ -154,8 +170,18 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"group of {args.rollouts} rollouts x {args.turns} turns, {args.groups} groups per keyint "
         f"(load average before: {load_before[0]:.2f})\n"
         + format_table(
-            ["keyint", "method", "turns", "decoded", "floor", "x floor", "GOP passes", "GOPs", "turns >1 pass/GOP",
-             "wall s"],
+            [
+                "keyint",
+                "method",
+                "turns",
+                "decoded",
+                "floor",
+                "x floor",
+                "GOP passes",
+                "GOPs",
+                "turns >1 pass/GOP",
+                "wall s",
+            ],
             rows,
         )
     )

@@ -159,8 +159,9 @@ class ForcedPolicyServer:
 
             inner._generate = timed_generate
 
-    async def generate(self, request_id: str, *, prompt_ids: list[int], sampling_params: dict[str, Any],
-                       **kwargs: Any) -> TokenOutput:
+    async def generate(
+        self, request_id: str, *, prompt_ids: list[int], sampling_params: dict[str, Any], **kwargs: Any
+    ) -> TokenOutput:
         turn = self.turns.get(request_id, 0)
         self.turns[request_id] = turn + 1
         ids = self.tokenizer.encode(self.script(request_id, turn), add_special_tokens=False)
@@ -173,8 +174,9 @@ class ForcedPolicyServer:
             self.engine.add(started, time.perf_counter())
         self.generated_tokens += len(output.token_ids)
         log_probs = [0.0] * len(ids) if sampling_params.get("logprobs") else None
-        return TokenOutput(token_ids=ids, log_probs=log_probs, stop_reason="completed",
-                           extra_fields=output.extra_fields)
+        return TokenOutput(
+            token_ids=ids, log_probs=log_probs, stop_reason="completed", extra_fields=output.extra_fields
+        )
 
 
 def request_script(duration: float, initial: int, requested: int, seed: int) -> Callable[[str, int], str]:
@@ -225,8 +227,13 @@ def write_videos(settings: Settings, folder: Path) -> list[Path]:
     for number in range(settings.videos):
         path = folder / f"clip_{number:02d}_{settings.video_seconds}s.mp4"
         if not path.exists():
-            write_index_video(path.with_suffix(".partial.mp4"), num_frames=int(settings.video_seconds * FPS),
-                              fps=FPS, width=WIDTH, height=HEIGHT)
+            write_index_video(
+                path.with_suffix(".partial.mp4"),
+                num_frames=int(settings.video_seconds * FPS),
+                fps=FPS,
+                width=WIDTH,
+                height=HEIGHT,
+            )
             path.with_suffix(".partial.mp4").rename(path)
         paths.append(path)
     return paths
@@ -336,8 +343,9 @@ def run(settings: Settings, work: Path) -> dict[str, Any]:
     videos = write_videos(settings, work / "videos")
     configs = dialogue_configs(settings)
     prompt_length, response_length = 2048, 1024
-    server = make_server(settings, max(c.max_images_per_prompt() for c in configs.values()), prompt_length,
-                         response_length)
+    server = make_server(
+        settings, max(c.max_images_per_prompt() for c in configs.values()), prompt_length, response_length
+    )
     from verl.utils.tokenizer import hf_tokenizer
 
     tokenizer = hf_tokenizer(settings.model)
@@ -351,8 +359,9 @@ def run(settings: Settings, work: Path) -> dict[str, Any]:
     forced = ForcedPolicyServer(server, tokenizer, scripts["adaptive"], engine)
     loops = {}
     for method, config in configs.items():
-        loop = make_agent_loop(settings.model, forced, config, prompt_length=prompt_length,
-                               response_length=response_length)
+        loop = make_agent_loop(
+            settings.model, forced, config, prompt_length=prompt_length, response_length=response_length
+        )
         decode = Intervals()
         loop.sampler = TimedSampler(loop.sampler, decode)
         loops[method] = (loop, decode)
@@ -366,36 +375,59 @@ def run(settings: Settings, work: Path) -> dict[str, Any]:
             entry = run_batch(method, loop, forced, decode, rows)
             entry["prefix_caching"] = settings.prefix_caching
             results.append(entry)
-            print(f"[rollout] {method} x{count}: {entry['dialogues_per_s']:.1f} dialogues/s, "
-                  f"engine idle {entry['engine_idle_share']:.1%}, stops {entry['stop_reasons']}", flush=True)
+            print(
+                f"[rollout] {method} x{count}: {entry['dialogues_per_s']:.1f} dialogues/s, "
+                f"engine idle {entry['engine_idle_share']:.1%}, stops {entry['stop_reasons']}",
+                flush=True,
+            )
     return {"settings": dataclasses.asdict(settings), "results": results}
 
 
 def table(payload: dict[str, Any]) -> str:
     """The printed summary: one row per (batch, method), then adaptive over single-turn throughput."""
-    header = ["prefix cache", "dialogues", "method", "dialogues/s", "gen tok/s", "engine idle", "outside generate",
-              "decode overlapped", "prefix hit", "frames", "turns"]
+    header = [
+        "prefix cache",
+        "dialogues",
+        "method",
+        "dialogues/s",
+        "gen tok/s",
+        "engine idle",
+        "outside generate",
+        "decode overlapped",
+        "prefix hit",
+        "frames",
+        "turns",
+    ]
     rows = []
     for entry in payload["results"]:
         hit = entry.get("engine", {}).get("prefix_cache_hit_rate")
-        rows.append([
-            "on" if entry["prefix_caching"] else "off", entry["dialogues"], entry["method"],
-            f"{entry['dialogues_per_s']:.2f}", f"{entry['generated_tokens_per_s']:.0f}",
-            f"{entry['engine_idle_share']:.1%}", f"{entry['outside_generate_share_mean']:.1%}",
-            f"{entry['decode_overlapping_engine_share']:.1%}", "-" if hit is None else f"{hit:.1%}",
-            f"{entry['frames_used_mean']:.1f}", f"{entry['assistant_turns_mean']:.1f}",
-        ])
+        rows.append(
+            [
+                "on" if entry["prefix_caching"] else "off",
+                entry["dialogues"],
+                entry["method"],
+                f"{entry['dialogues_per_s']:.2f}",
+                f"{entry['generated_tokens_per_s']:.0f}",
+                f"{entry['engine_idle_share']:.1%}",
+                f"{entry['outside_generate_share_mean']:.1%}",
+                f"{entry['decode_overlapping_engine_share']:.1%}",
+                "-" if hit is None else f"{hit:.1%}",
+                f"{entry['frames_used_mean']:.1f}",
+                f"{entry['assistant_turns_mean']:.1f}",
+            ]
+        )
     widths = [max(len(h), *(len(str(r[i])) for r in rows)) for i, h in enumerate(header)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)),
-             "  ".join("-" * w for w in widths)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)), "  ".join("-" * w for w in widths)]
     lines += ["  ".join(str(c).rjust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
     by_batch: dict[int, dict[str, float]] = {}
     for entry in payload["results"]:
         by_batch.setdefault(entry["dialogues"], {})[entry["method"]] = entry["dialogues_per_s"]
     for count, rates in sorted(by_batch.items()):
         if {"adaptive", "single_turn"} <= rates.keys():
-            lines.append(f"{count} dialogues: adaptive runs at {rates['adaptive'] / rates['single_turn']:.2f}x the "
-                         "dialogues/s of single-turn with the same frames (target >= 0.9)")
+            lines.append(
+                f"{count} dialogues: adaptive runs at {rates['adaptive'] / rates['single_turn']:.2f}x the "
+                "dialogues/s of single-turn with the same frames (target >= 0.9)"
+            )
     return "\n".join(lines)
 
 
@@ -423,9 +455,17 @@ def main(argv: Sequence[str] | None = None) -> None:
 
         model = str(build_tiny_qwen2_5_vl(work / "tiny"))
     settings = Settings(
-        backend=args.backend, model=model, dialogues=tuple(args.dialogues), group=min(args.group, min(args.dialogues)),
-        initial_frames=args.initial_frames, requested_frames=args.requested_frames, video_seconds=args.video_seconds,
-        videos=args.videos, prefix_caching=args.prefix_caching == "on", warmup=args.warmup, seed=args.seed,
+        backend=args.backend,
+        model=model,
+        dialogues=tuple(args.dialogues),
+        group=min(args.group, min(args.dialogues)),
+        initial_frames=args.initial_frames,
+        requested_frames=args.requested_frames,
+        video_seconds=args.video_seconds,
+        videos=args.videos,
+        prefix_caching=args.prefix_caching == "on",
+        warmup=args.warmup,
+        seed=args.seed,
     )
     began = time.perf_counter()
     payload = run(settings, work)

@@ -228,9 +228,7 @@ class _Reader:
         self._put_back(first)
         frame = first[1]
         self._rotation = round(frame.rotation / 90) % 4  # quarter turns counter-clockwise, for display
-        shown_height, shown_width = (
-            (frame.width, frame.height) if self._rotation % 2 else (frame.height, frame.width)
-        )
+        shown_height, shown_width = (frame.width, frame.height) if self._rotation % 2 else (frame.height, frame.width)
         self.height, self.width = smart_resize(
             shown_height, shown_width, factor=IMAGE_FACTOR, min_pixels=min_pixels, max_pixels=max_pixels
         )

@@ -24,8 +24,17 @@ def test_overlap_of_interval_sets() -> None:
 
 def test_rollout_benchmark_plays_both_methods_on_cpu(tiny_model_dir: Path, tmp_path: Path) -> None:
     settings = rollout.Settings(
-        backend="transformers", model=str(tiny_model_dir), dialogues=(2,), group=2, initial_frames=2,
-        requested_frames=2, video_seconds=2, videos=1, prefix_caching=True, warmup=1, seed=0,
+        backend="transformers",
+        model=str(tiny_model_dir),
+        dialogues=(2,),
+        group=2,
+        initial_frames=2,
+        requested_frames=2,
+        video_seconds=2,
+        videos=1,
+        prefix_caching=True,
+        warmup=1,
+        seed=0,
     )
     payload = rollout.run(settings, tmp_path)
     by_method = {entry["method"]: entry for entry in payload["results"]}

@@ -53,8 +53,9 @@ CASES: dict[str, Case] = {
     "whitespace turn": Case(["  \n "], StopReason.INVALID_TURN, 1, "empty"),
     "no tags": Case(["I think it is C."], StopReason.INVALID_TURN, 1, "no_action"),
     "unclosed think": Case(["<think>hmm, let me see"], StopReason.INVALID_TURN, 1, "unclosed_tag"),
-    "answer and request": Case(["<answer>C</answer><frames>1</frames>"], StopReason.INVALID_TURN, 1,
-                               "conflicting_actions"),
+    "answer and request": Case(
+        ["<answer>C</answer><frames>1</frames>"], StopReason.INVALID_TURN, 1, "conflicting_actions"
+    ),
     "two answers": Case(["<answer>A</answer><answer>B</answer>"], StopReason.INVALID_TURN, 1, "multiple_answers"),
     "two requests": Case(["<frames>1</frames><frames>2</frames>"], StopReason.INVALID_TURN, 1, "multiple_requests"),
     "answer not an option": Case(["<answer>Z</answer>"], StopReason.INVALID_TURN, 1, "bad_answer"),
@@ -62,38 +63,60 @@ CASES: dict[str, Case] = {
     "NaN timestamp": Case([frames_tag("nan")], StopReason.INVALID_TURN, 1, "bad_timestamps"),
     "infinite timestamp": Case([frames_tag("1e309")], StopReason.INVALID_TURN, 1, "bad_timestamps"),
     "clock past float range": Case([frames_tag("9" * 400 + ":00:00")], StopReason.INVALID_TURN, 1, "bad_timestamps"),
-    "absurdly many timestamps": Case([frames_tag(*(i / 20 for i in range(65)))], StopReason.INVALID_TURN, 1,
-                                     "too_many_timestamps"),
-    "negative timestamp": Case([frames_tag(-3), ANSWER], StopReason.ANSWERED, 2, frames=[*INITIAL, 0],
-                               counters={"clamped_timestamps": 1}),
-    "past the end": Case([frames_tag(99), ANSWER], StopReason.ANSWERED, 2, frames=[*INITIAL, 59],
-                         counters={"clamped_timestamps": 1}),
-    "huge finite timestamp": Case([frames_tag("1e308"), ANSWER], StopReason.ANSWERED, 2, frames=[*INITIAL, 59],
-                                  counters={"clamped_timestamps": 1}),
+    "absurdly many timestamps": Case(
+        [frames_tag(*(i / 20 for i in range(65)))], StopReason.INVALID_TURN, 1, "too_many_timestamps"
+    ),
+    "negative timestamp": Case(
+        [frames_tag(-3), ANSWER], StopReason.ANSWERED, 2, frames=[*INITIAL, 0], counters={"clamped_timestamps": 1}
+    ),
+    "past the end": Case(
+        [frames_tag(99), ANSWER], StopReason.ANSWERED, 2, frames=[*INITIAL, 59], counters={"clamped_timestamps": 1}
+    ),
+    "huge finite timestamp": Case(
+        [frames_tag("1e308"), ANSWER], StopReason.ANSWERED, 2, frames=[*INITIAL, 59], counters={"clamped_timestamps": 1}
+    ),
     # 40 distinct frames 0..39: 15 was shown, 2 of the other 39 fit the per-request budget.
     "many timestamps within the parse limit": Case(
-        [frames_tag(*(i / FPS for i in range(40))), ANSWER], StopReason.ANSWERED, 2, frames=[*INITIAL, 0, 1],
+        [frames_tag(*(i / FPS for i in range(40))), ANSWER],
+        StopReason.ANSWERED,
+        2,
+        frames=[*INITIAL, 0, 1],
         counters={"repeated_timestamps": 1, "over_budget_timestamps": 37},
     ),
-    "frames already shown": Case([frames_tag(1.5, 4.55), ANSWER], StopReason.ANSWERED, 2,
-                                 counters={"repeated_timestamps": 2}),
-    "one frame asked twice": Case([frames_tag(2.0, 2.05), ANSWER], StopReason.ANSWERED, 2, frames=[*INITIAL, 20],
-                                  counters={"repeated_timestamps": 1}),
-    "request after the budget is spent": Case(
-        [frames_tag(0.5, 1.0), frames_tag(2.0, 3.0), ANSWER], StopReason.ANSWERED, 3, frames=[*INITIAL, 5, 10],
-        counters={"over_budget_timestamps": 2}, config={"max_total_frames": 4},
+    "frames already shown": Case(
+        [frames_tag(1.5, 4.55), ANSWER], StopReason.ANSWERED, 2, counters={"repeated_timestamps": 2}
     ),
-    "request on the last turn": Case([frames_tag(2.0), frames_tag(3.0)], StopReason.MAX_TURNS, 2,
-                                     frames=[*INITIAL, 20], config={"max_turns": 2}),
-    "cut off by max tokens": Case(["<think>" + "very long thoughts " * 80], StopReason.TRUNCATED, 1,
-                                  config={"max_tokens_per_turn": 32}),
+    "one frame asked twice": Case(
+        [frames_tag(2.0, 2.05), ANSWER],
+        StopReason.ANSWERED,
+        2,
+        frames=[*INITIAL, 20],
+        counters={"repeated_timestamps": 1},
+    ),
+    "request after the budget is spent": Case(
+        [frames_tag(0.5, 1.0), frames_tag(2.0, 3.0), ANSWER],
+        StopReason.ANSWERED,
+        3,
+        frames=[*INITIAL, 5, 10],
+        counters={"over_budget_timestamps": 2},
+        config={"max_total_frames": 4},
+    ),
+    "request on the last turn": Case(
+        [frames_tag(2.0), frames_tag(3.0)], StopReason.MAX_TURNS, 2, frames=[*INITIAL, 20], config={"max_turns": 2}
+    ),
+    "cut off by max tokens": Case(
+        ["<think>" + "very long thoughts " * 80], StopReason.TRUNCATED, 1, config={"max_tokens_per_turn": 32}
+    ),
     "server returns no tokens": Case([""], StopReason.TRUNCATED, 1, server="no_tokens"),
-    "next frames would overflow the context": Case([frames_tag(2.0, 3.5), ANSWER], StopReason.CONTEXT_LIMIT, 1,
-                                                   config={"response_length": 96}),
-    "opening prompt over the prompt length": Case([ANSWER], StopReason.CONTEXT_LIMIT, 0, frames=[],
-                                                  config={"prompt_length": 400}),
-    "question too long even without frames": Case([ANSWER], StopReason.CONTEXT_LIMIT, 0, frames=[],
-                                                  question="why " * 1200),
+    "next frames would overflow the context": Case(
+        [frames_tag(2.0, 3.5), ANSWER], StopReason.CONTEXT_LIMIT, 1, config={"response_length": 96}
+    ),
+    "opening prompt over the prompt length": Case(
+        [ANSWER], StopReason.CONTEXT_LIMIT, 0, frames=[], config={"prompt_length": 400}
+    ),
+    "question too long even without frames": Case(
+        [ANSWER], StopReason.CONTEXT_LIMIT, 0, frames=[], question="why " * 1200
+    ),
     "valid answer": Case([ANSWER], StopReason.ANSWERED, 1),
 }
 

@@ -149,6 +149,7 @@ def painted(frames: list) -> list[int]:
 # ---------------------------------------------------------------------------------------------------
 # The sampler
 
+
 @pytest.mark.parametrize(
     ("name", "error", "reason"),
     [
@@ -328,6 +329,4 @@ def test_the_mixed_batch_passes_verls_postprocessing(batch, tokenizer_and_proces
     tokenizer, processor = tokenizer_and_processor
     _, data = postprocess(outputs, tokenizer, processor, 1024, 1024)
     assert data.batch["input_ids"].shape == (len(IN_A_BATCH), 2048)
-    assert list(data.non_tensor_batch["stop_reason"]) == [
-        output.extra_fields["stop_reason"] for output in outputs
-    ]
+    assert list(data.non_tensor_batch["stop_reason"]) == [output.extra_fields["stop_reason"] for output in outputs]
