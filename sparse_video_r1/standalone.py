@@ -78,6 +78,20 @@ def split_turns(tokenizer: Any, output: AgentLoopOutput) -> list[Turn]:
     for end in range(1, len(mask) + 1):
         if end == len(mask) or mask[end] != mask[start]:
             text = tokenizer.decode(output.response_ids[start:end], skip_special_tokens=True).strip()
-            turns.append(Turn("model" if mask[start] else "environment", text))
+            turns.append(Turn("model", text) if mask[start] else Turn("environment", _without_role_names(text)))
             start = end
     return turns
+
+
+def _without_role_names(text: str) -> str:
+    """An environment turn's text without the chat template's role names around it (``user`` ... ``assistant``).
+
+    The environment's tokens run from the end of one assistant turn to the start of the next, so they
+    carry the template's ``user`` header and the next ``assistant`` header; special tokens are skipped.
+    """
+    lines = text.splitlines()
+    if lines and lines[0].strip() == "user":
+        lines = lines[1:]
+    if lines and lines[-1].strip() == "assistant":
+        lines = lines[:-1]
+    return "\n".join(lines).strip()

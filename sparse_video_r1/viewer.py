@@ -90,16 +90,6 @@ def _image_runs(token_ids: Sequence[int], image_token_id: int) -> int:
     return sum(1 for is_pad, _ in itertools.groupby(token_ids, key=lambda t: t == image_token_id) if is_pad)
 
 
-def _without_role_names(text: str) -> str:
-    """An environment turn's text without the chat template's role names around it (``user`` ... ``assistant``)."""
-    lines = text.splitlines()
-    if lines and lines[0].strip() == "user":
-        lines = lines[1:]
-    if lines and lines[-1].strip() == "assistant":
-        lines = lines[:-1]
-    return "\n".join(lines).strip()
-
-
 def dialogue_view(
     output: AgentLoopOutput, question: Mapping[str, Any], tokenizer: Any, image_token_id: int, *, method: str
 ) -> DialogueView:
@@ -119,9 +109,8 @@ def dialogue_view(
     ]
     for turn, segment in zip(split_turns(tokenizer, output), segments, strict=True):
         count = _image_runs(segment, image_token_id)
-        text = turn.text if turn.speaker == "model" else _without_role_names(turn.text)
-        if text or count:  # a dialogue that ended before the model spoke has one blank pad token
-            turns.append(TurnView(turn.speaker, text, tuple(frames[shown : shown + count])))
+        if turn.text or count:  # a dialogue that ended before the model spoke has one blank pad token
+            turns.append(TurnView(turn.speaker, turn.text, tuple(frames[shown : shown + count])))
         shown += count
     return DialogueView(
         qid=str(question["qid"]),
