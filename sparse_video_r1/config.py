@@ -64,6 +64,10 @@ class DialogueConfig:
         """False for the uniform-frame baseline: one turn, answer from the initial frames."""
         return self.max_turns > 1 and self.max_frames_per_request > 0 and self.max_total_frames > self.initial_frames
 
+    def uniform_baseline(self, frames: int) -> DialogueConfig:
+        """This dialogue as the single-turn ``uniform_N`` baseline: ``frames`` uniform frames, answer at once."""
+        return dataclasses.replace(self, **uniform_baseline_fields(frames))
+
     def max_images_per_prompt(self) -> int:
         """The value for vLLM's ``limit_mm_per_prompt`` / verl's ``rollout.limit_images``."""
         return self.max_total_frames
@@ -80,6 +84,11 @@ class RewardConfig:
     #: sample gets no gradient, so this only moves the mean of its GRPO group: set it near the group's
     #: typical score to keep one broken video from raising its siblings' advantages.
     failure_score: float = 0.0
+
+
+def uniform_baseline_fields(frames: int) -> dict[str, int]:
+    """The DialogueConfig fields that make the ``uniform_N`` baseline, as SFT traces store them (JSON)."""
+    return {"initial_frames": frames, "max_total_frames": frames, "max_turns": 1}
 
 
 def from_mapping(cls: type[_T], values: Mapping[str, Any] | None) -> _T:

@@ -84,8 +84,7 @@ def build_methods(adaptive: DialogueConfig, uniform: Sequence[int], *, with_adap
     """``adaptive`` with the given dialogue, then one single-turn ``uniform_N`` per N sharing its other settings."""
     methods = [Method(ADAPTIVE, adaptive)] if with_adaptive else []
     for frames in uniform:
-        baseline = dataclasses.replace(adaptive, initial_frames=frames, max_total_frames=frames, max_turns=1)
-        methods.append(Method(f"uniform_{frames}", baseline))
+        methods.append(Method(f"uniform_{frames}", adaptive.uniform_baseline(frames)))
     if not methods:
         raise ValueError("nothing to evaluate: --no-adaptive needs at least one --uniform frame count")
     return methods

@@ -54,7 +54,6 @@ CLI::
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import math
@@ -70,7 +69,7 @@ import numpy as np
 from PIL import Image
 
 from sparse_video_r1 import reward
-from sparse_video_r1.config import DialogueConfig, from_mapping
+from sparse_video_r1.config import DialogueConfig, from_mapping, uniform_baseline_fields
 from sparse_video_r1.data.records import VideoQARecord, to_verl_row, write_parquet
 from sparse_video_r1.dialogue import Episode, VideoQA
 from sparse_video_r1.frames import FrameSampler, VideoInfo, frame_index, uniform_timestamps
@@ -415,8 +414,8 @@ def needle_traces(
         for _ in range(copies):
             if uniform_share and rng.random() < uniform_share:
                 frames = rng.choice(list(uniform_frames))
-                single = {"initial_frames": frames, "max_total_frames": frames, "max_turns": 1}
-                episode = Episode(sample, dataclasses.replace(dialogue, **single), sampler)
+                single = uniform_baseline_fields(frames)
+                episode = Episode(sample, dialogue.uniform_baseline(frames), sampler)
                 episode.start()
                 seen = any(needle.shows(frame.timestamp) for frame in episode.frames)
                 turns = [answer_text(colour if seen else None, rng.randrange(len(COLOURS)))]
@@ -428,7 +427,8 @@ def needle_traces(
             seen = any(needle.shows(frame.timestamp) for frame in episode.frames)
             shown = {frame.index for frame in episode.frames}
             # A time on a frame already shown would show nothing new (and be dropped as a repeat).
-            unasked = [t for t in inside if math.floor(t * FPS + 1e-6) not in shown]
+            video = sampler.info(sample.video_path)
+            unasked = [t for t in inside if frame_index(video, t) not in shown]
             while (
                 not seen
                 and unasked

@@ -43,7 +43,7 @@ from typing import Any
 
 import torch
 
-from sparse_video_r1.config import DialogueConfig, from_mapping
+from sparse_video_r1.config import DialogueConfig, from_mapping, uniform_baseline_fields
 from sparse_video_r1.dialogue import Episode, VideoQA
 from sparse_video_r1.frames import FrameSampler
 
@@ -219,13 +219,14 @@ def synthetic_traces(
     for sample, duration in zip(samples, durations, strict=True):
         if sample.answer is None:
             raise ValueError(f"sample {sample.qid!r} has no answer; traces need one")
+        answer = f"<think>I have seen enough.</think><answer>{sample.answer}</answer>"
         if uniform_share and rng.random() < uniform_share:
             frames = rng.choice(list(uniform_frames))
             traces.append(
                 {
                     "extra_info": _extra_info(sample),
-                    "turns": [f"<think>I have seen enough.</think><answer>{sample.answer}</answer>"],
-                    "dialogue": {"initial_frames": frames, "max_total_frames": frames, "max_turns": 1},
+                    "turns": [answer],
+                    "dialogue": uniform_baseline_fields(frames),
                 }
             )
             continue
@@ -238,7 +239,7 @@ def synthetic_traces(
             listed = ", ".join(f"{stamp:g}" for stamp in stamps)
             turns.append(f"<think>I should look at more frames.</think><frames>{listed}</frames>")
             requests += 1
-        turns.append(f"<think>I have seen enough.</think><answer>{sample.answer}</answer>")
+        turns.append(answer)
         traces.append({"extra_info": _extra_info(sample), "turns": turns})
     return traces
 
