@@ -68,7 +68,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from sparse_video_r1 import reward
+from sparse_video_r1 import protocol, reward
 from sparse_video_r1.config import DialogueConfig, from_mapping, uniform_baseline_fields
 from sparse_video_r1.data.records import VideoQARecord, to_verl_row, write_parquet
 from sparse_video_r1.dialogue import Episode, VideoQA
@@ -368,14 +368,14 @@ def uniform_hit_rate(extra_infos: Sequence[Mapping[str, Any]], count: int) -> fl
 
 
 def request_text(timestamps: Sequence[float]) -> str:
-    return f"<think>I need to find the card.</think><frames>{', '.join(f'{t:g}' for t in timestamps)}</frames>"
+    return protocol.request_turn("I need to find the card.", timestamps)
 
 
 def answer_text(colour: int | None, guess: int) -> str:
     """The final turn: the card's colour when it was shown, else the guess."""
     if colour is None:
-        return f"<think>I did not see the card.</think><answer>{OPTION_LETTERS[guess]}</answer>"
-    return f"<think>The card is {list(COLOURS)[colour]}.</think><answer>{OPTION_LETTERS[colour]}</answer>"
+        return protocol.answer_turn("I did not see the card.", OPTION_LETTERS[guess])
+    return protocol.answer_turn(f"The card is {list(COLOURS)[colour]}.", OPTION_LETTERS[colour])
 
 
 def needle_traces(

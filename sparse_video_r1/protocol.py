@@ -322,6 +322,20 @@ def parse_final_answer(solution_str: str, num_options: int = 5) -> str | None:
 
 
 # ---------------------------------------------------------------------------------------------------
+# Writing model turns (cold-start traces and scripted policies write what :func:`parse_turn` reads)
+
+
+def request_turn(thought: str, timestamps: Sequence[float]) -> str:
+    """A frame-request turn, timestamps in seconds as plain numbers (``<frames>3, 9.5</frames>``)."""
+    return f"<think>{thought}</think><frames>{', '.join(f'{t:g}' for t in timestamps)}</frames>"
+
+
+def answer_turn(thought: str, letter: str) -> str:
+    """An answer turn: ``<think>…</think><answer>B</answer>``."""
+    return f"<think>{thought}</think><answer>{letter}</answer>"
+
+
+# ---------------------------------------------------------------------------------------------------
 # Prompting
 
 

@@ -43,6 +43,7 @@ from typing import Any
 
 import torch
 
+from sparse_video_r1 import protocol
 from sparse_video_r1.config import DialogueConfig, from_mapping, uniform_baseline_fields
 from sparse_video_r1.dialogue import Episode, VideoQA
 from sparse_video_r1.frames import FrameSampler
@@ -219,7 +220,7 @@ def synthetic_traces(
     for sample, duration in zip(samples, durations, strict=True):
         if sample.answer is None:
             raise ValueError(f"sample {sample.qid!r} has no answer; traces need one")
-        answer = f"<think>I have seen enough.</think><answer>{sample.answer}</answer>"
+        answer = protocol.answer_turn("I have seen enough.", sample.answer)
         if uniform_share and rng.random() < uniform_share:
             frames = rng.choice(list(uniform_frames))
             traces.append(
@@ -236,8 +237,7 @@ def synthetic_traces(
         while requests < max_requests and rng.random() < request_probability:
             count = rng.randint(1, config.max_frames_per_request)
             stamps = sorted(round(rng.uniform(0.0, duration), 1) for _ in range(count))
-            listed = ", ".join(f"{stamp:g}" for stamp in stamps)
-            turns.append(f"<think>I should look at more frames.</think><frames>{listed}</frames>")
+            turns.append(protocol.request_turn("I should look at more frames.", stamps))
             requests += 1
         turns.append(answer)
         traces.append({"extra_info": _extra_info(sample), "turns": turns})

@@ -22,6 +22,7 @@ from sparse_video_r1.protocol import (
     Answer,
     FrameRequest,
     Invalid,
+    answer_turn,
     followup_user_content,
     format_timestamp,
     initial_user_content,
@@ -29,6 +30,7 @@ from sparse_video_r1.protocol import (
     parse_timestamp,
     parse_turn,
     question_text,
+    request_turn,
     system_prompt,
 )
 
@@ -446,3 +448,10 @@ def test_system_prompt_without_requests() -> None:
     prompt = system_prompt(allows_requests=False, max_frames_per_request=3, max_total_frames=12)
     assert "<frames>" not in prompt and "request" not in prompt.lower()
     assert [parse_turn(reply) for reply in _example_replies(prompt)] == [Answer("B")]
+
+
+def test_written_turns_parse_back_as_what_they_say() -> None:
+    request = request_turn("Look again.", [9.5, 3.0, 120.25])
+    assert request == "<think>Look again.</think><frames>9.5, 3, 120.25</frames>"
+    assert parse_turn(request) == FrameRequest((3.0, 9.5, 120.25))
+    assert parse_turn(answer_turn("Seen it.", "C")) == Answer("C")
