@@ -270,6 +270,7 @@ def test_gpu_script_overrides_compose_into_the_needle_runs_config(tmp_path: Path
     assert cfg.ray_kwargs.ray_init.address == "local"
     assert cfg.actor_rollout_ref.rollout.engine_kwargs.vllm.kv_cache_memory_bytes == 4 << 30
     assert cfg.actor_rollout_ref.rollout.limit_images == needle.DIALOGUE.max_total_frames
+    assert cfg.algorithm.rollout_correction.bypass_mode and cfg.algorithm.rollout_correction.rollout_is is None
 
 
 # ---------------------------------------------------------------------------------------------------

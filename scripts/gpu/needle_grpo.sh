@@ -21,9 +21,12 @@
 # STEPS steps. verl saves a checkpoint every SAVE_EVERY steps and, through its capacity-expiration hook
 # (MLP_CURRENT_CAPACITY_BLOCK_EXPIRATION_TIMESTAMP), after every step of the last minute before the deadline;
 # metrics and rollout dumps are written every step, so a stopped run keeps its curve. WORK (default
-# /tmp/svr1_needle) holds the state between calls.
-# Knobs: STEPS (150), DEADLINE_S (570), PACK_S (40), SAVE_EVERY (10), VAL_EVERY (10), BATCH (16 questions per
-# step), N (8 rollouts each), MINI_BATCH (8 questions per update), LR (1e-4), GPU_UTIL (0.25 per run),
+# /tmp/svr1_needle) holds the state between calls. DEADLINE_AT (epoch seconds) sets the deadline outright, for a
+# `train` longer than one device call, started and attached to with scripts/gpu/detached.sh.
+# Both runs take the old log-probs from the rollout (verl's algorithm.rollout_correction.bypass_mode, PPO-clip
+# against the vLLM policy): the FSDP recomputation was a quarter of a step and matched vLLM's to 2e-5 KL.
+# Knobs: STEPS (150), DEADLINE_S (570), PACK_S (40), SAVE_EVERY (10), VAL_EVERY (10), BATCH (8 questions per
+# step), N (8 rollouts each), MINI_BATCH (4 questions per update), LR (1e-4), GPU_UTIL (0.25 per run),
 # KV_CACHE_GB (4 per run), TRAIN (512), VAL (128), TRACES (1 per train video),
 # READING (256 cold-start videos whose opening frames show the card), SFT_EPOCHS (6), SFT_LR (3e-4), SEED (0).
 # The SFT defaults come from the CPU sweep in docs/results/needle/cold_start_cpu.md: 3 epochs at 1e-3 read a
@@ -42,16 +45,16 @@ DEADLINE_S=${DEADLINE_S:-570}
 PACK_S=${PACK_S:-40}
 SAVE_EVERY=${SAVE_EVERY:-10}
 VAL_EVERY=${VAL_EVERY:-10}
-BATCH=${BATCH:-16}
+BATCH=${BATCH:-8}
 N=${N:-8}
-MINI_BATCH=${MINI_BATCH:-8}
+MINI_BATCH=${MINI_BATCH:-4}
 LR=${LR:-1e-4}
 GPU_UTIL=${GPU_UTIL:-0.25}
 KV_CACHE_GB=${KV_CACHE_GB:-4}
 SEED=${SEED:-0}
 PROMPT_LENGTH=${PROMPT_LENGTH:-768}
 RESPONSE_LENGTH=${RESPONSE_LENGTH:-384}
-DEADLINE=$((STARTED + DEADLINE_S - PACK_S))
+DEADLINE=$((${DEADLINE_AT:-$((STARTED + DEADLINE_S))} - PACK_S))
 export RAY_AUTH_MODE=disabled VLLM_USE_FLASHINFER_SAMPLER=0 PYTHONUNBUFFERED=1
 # The needle task's dialogue (sparse_video_r1.needle.DIALOGUE): as JSON on the first line, for the generator and
 # SFT, then as hydra overrides for the runs (++: also fields the YAML does not list).
@@ -88,6 +91,7 @@ overrides() {  # overrides RUN_NAME LOSS_ON
     "+actor_rollout_ref.model.override_config.attn_implementation=sdpa" \
     "actor_rollout_ref.actor.optim.lr=$LR" \
     "actor_rollout_ref.actor.use_kl_loss=False" \
+    "algorithm.rollout_correction.bypass_mode=True" \
     "actor_rollout_ref.actor.ppo_mini_batch_size=$MINI_BATCH" \
     "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=$((MINI_BATCH * N))" \
     "actor_rollout_ref.actor.checkpoint.save_contents=[model,optimizer,extra,hf_model]" \
