@@ -23,10 +23,13 @@
 # metrics and rollout dumps are written every step, so a stopped run keeps its curve. WORK (default
 # /tmp/svr1_needle) holds the state between calls. DEADLINE_AT (epoch seconds) sets the deadline outright, for a
 # `train` longer than one device call, started and attached to with scripts/gpu/detached.sh.
+# A watchdog stops a run that logs no step for STALL_S seconds (START_S for the first), saves every process's
+# Python stack next to its log (scripts/gpu/dump_stacks.sh) and resumes it from its last checkpoint.
 # Both runs take the old log-probs from the rollout (verl's algorithm.rollout_correction.bypass_mode, PPO-clip
 # against the vLLM policy): the FSDP recomputation was a quarter of a step and matched vLLM's to 2e-5 KL.
-# Knobs: STEPS (150), DEADLINE_S (570), PACK_S (40), SAVE_EVERY (10), VAL_EVERY (10), BATCH (8 questions per
-# step), N (8 rollouts each), MINI_BATCH (4 questions per update), LR (1e-4), GPU_UTIL (0.25 per run),
+# Knobs: STEPS (150), DEADLINE_S (570), PACK_S (40), SAVE_EVERY (25), VAL_EVERY (0: held-out accuracy comes
+# from the report stage), START_S (480), STALL_S (150), POLL_S (10) and MAX_RESTARTS (3) for the watchdog,
+# BATCH (8 questions per step), N (8 rollouts each), MINI_BATCH (4 questions per update), LR (1e-4), GPU_UTIL (0.25 per run),
 # KV_CACHE_GB (4 per run), TRAIN (512), VAL (128), TRACES (1 per train video),
 # READING (256 cold-start videos whose opening frames show the card), SFT_EPOCHS (6), SFT_LR (3e-4), SEED (0).
 # The SFT defaults come from the CPU sweep in docs/results/needle/cold_start_cpu.md: 3 epochs at 1e-3 read a
@@ -43,8 +46,11 @@ STAGE=${STAGE:-prepare,train,report}
 STEPS=${STEPS:-150}
 DEADLINE_S=${DEADLINE_S:-570}
 PACK_S=${PACK_S:-40}
-SAVE_EVERY=${SAVE_EVERY:-10}
-VAL_EVERY=${VAL_EVERY:-10}
+SAVE_EVERY=${SAVE_EVERY:-25}
+VAL_EVERY=${VAL_EVERY:-0}
+START_S=${START_S:-480}
+STALL_S=${STALL_S:-150}
+POLL_S=${POLL_S:-10}
 BATCH=${BATCH:-8}
 N=${N:-8}
 MINI_BATCH=${MINI_BATCH:-4}
@@ -133,13 +139,32 @@ if [ "${PRINT_OVERRIDES:-0}" = 1 ]; then
   exit 0
 fi
 
+STALLED=75  # grpo_once's status when its watchdog stopped a hanging run
+
 grpo() {  # grpo RUN_NAME LOSS_ON [extra overrides...]: run until STEPS or DEADLINE, then export the last HF model
-  local name=$1 loss_on=$2 run=$WORK/runs/$1 part budget pid status=0
+  local name=$1 stalls=0 status
+  mkdir -p "$WORK/runs/$1"
+  while :; do
+    status=0
+    grpo_once "$@" || status=$?
+    [ "$status" = "$STALLED" ] || break
+    stalls=$((stalls + 1))
+    if [ "$stalls" -gt "${MAX_RESTARTS:-3}" ]; then
+      log "$name: stalled $stalls times, giving up"
+      break
+    fi
+    log "$name: resuming from its last checkpoint after a stall"
+  done
+  export_hf_model "$name"
+}
+
+grpo_once() {  # one verl process, until it ends, meets the deadline, or stalls (then it returns STALLED)
+  local name=$1 loss_on=$2 run=$WORK/runs/$1 part budget pid status=0 metrics
   mapfile -t args < <(overrides "$1" "$2")
   shift 2
   part=$(date +%Y%m%d-%H%M%S)
   budget=$((DEADLINE - $(date +%s)))
-  mkdir -p "$run"
+  metrics=$run/metrics_$part.jsonl
   if [ "$budget" -lt 150 ]; then
     log "$name: only ${budget}s before the deadline, not starting"
     return 0
@@ -148,24 +173,44 @@ grpo() {  # grpo RUN_NAME LOSS_ON [extra overrides...]: run until STEPS or DEADL
     > "$run/command.txt"
   log "$name: starting (loss_on=$loss_on, at most ${budget}s; log $run/grpo_$part.log)"
   # timeout puts the run in its own process group and signals all of it (Ray and vLLM processes included).
-  MLP_CURRENT_CAPACITY_BLOCK_EXPIRATION_TIMESTAMP=$DEADLINE VERL_FILE_LOGGER_PATH="$run/metrics_$part.jsonl" \
+  MLP_CURRENT_CAPACITY_BLOCK_EXPIRATION_TIMESTAMP=$DEADLINE VERL_FILE_LOGGER_PATH=$metrics \
     timeout -s TERM -k 20 "$budget" python -m verl.trainer.main_ppo --config-path="$ROOT/configs" \
     --config-name=sparse_video_grpo "${args[@]}" "$@" > "$run/grpo_$part.log" 2>&1 &
   pid=$!
+  # Watchdog: verl logs a metrics line per step. None for START_S after the start, or for STALL_S after the
+  # last one, means the run hangs (seen once: both runs silent after step 10, until the deadline).
+  local logged=0 lines changed allowance=$START_S verdict=0
+  changed=$(date +%s)
+  while kill -0 "$pid" 2>/dev/null; do
+    sleep "$POLL_S"
+    lines=0
+    [ -f "$metrics" ] && lines=$(wc -l < "$metrics")
+    if [ "$lines" != "$logged" ]; then
+      logged=$lines changed=$(date +%s) allowance=$STALL_S
+    elif [ $(($(date +%s) - changed)) -gt "$allowance" ]; then
+      log "$name: no step logged for ${allowance}s; stacks in $run/stall_$part.txt, then stopping it"
+      bash "$ROOT/scripts/gpu/dump_stacks.sh" > "$run/stall_$part.txt" 2>&1 || true
+      kill -TERM -- "-$pid" 2>/dev/null || true
+      verdict=$STALLED
+      break
+    fi
+  done
   wait "$pid" || status=$?
   kill -KILL -- "-$pid" 2>/dev/null || true
   log "$name: exit status $status ($( [ "$status" = 124 ] && echo 'stopped at the deadline' || echo finished)); last lines:"
   grep -E "step:[0-9]+ " "$run/grpo_$part.log" | tail -n 1 | cut -c 1-400 || true
   tail -n 5 "$run/grpo_$part.log"
-  local ckpt=$WORK/ckpt_$name
-  if [ -f "$ckpt/latest_checkpointed_iteration.txt" ]; then
-    local step
-    step=$(cat "$ckpt/latest_checkpointed_iteration.txt")
-    rm -rf "$run/hf_model"
-    cp -r "$ckpt/global_step_$step/actor/huggingface" "$run/hf_model"
-    echo "$step" > "$run/hf_model_step.txt"
-    log "$name: HF model of step $step in $run/hf_model"
-  fi
+  return "$verdict"
+}
+
+export_hf_model() {  # export_hf_model RUN_NAME: the latest checkpoint's HF model, for evaluate
+  local run=$WORK/runs/$1 ckpt=$WORK/ckpt_$1 step
+  [ -f "$ckpt/latest_checkpointed_iteration.txt" ] || return 0
+  step=$(cat "$ckpt/latest_checkpointed_iteration.txt")
+  rm -rf "$run/hf_model"
+  cp -r "$ckpt/global_step_$step/actor/huggingface" "$run/hf_model"
+  echo "$step" > "$run/hf_model_step.txt"
+  log "$1: HF model of step $step in $run/hf_model"
 }
 
 curves() {

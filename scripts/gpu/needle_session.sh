@@ -19,9 +19,12 @@ export WORK=${WORK:-/tmp/svr1_needle}
 export PYTHONPATH=/tmp/site:$REPO VLLM_USE_FLASHINFER_SAMPLER=0
 TRAIN_OUT=$WORK/train_out
 
-curves() {
+curves() {  # the curves so far, and the stacks of any stall (they come back even if a later call fails)
   (cd "$REPO" && python scripts/plot_needle_curves.py --run "main=$WORK/runs/main" \
     --run "ablation=$WORK/runs/ablation" --out "$OUT") || echo "plotting failed"
+  for stall in "$WORK"/runs/*/stall_*.txt; do
+    [ -f "$stall" ] && cp "$stall" "$OUT/$(basename "$(dirname "$stall")")_$(basename "$stall")"
+  done
 }
 
 case $PHASE in

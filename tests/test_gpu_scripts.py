@@ -1,0 +1,98 @@
+"""The GPU scripts' control logic on CPU: scripts/gpu/detached.sh (a job outlives the call that started it) and
+the watchdog of scripts/gpu/needle_grpo.sh (a run that stops logging steps is stopped and resumed)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def detached(state: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["bash", str(ROOT / "scripts" / "gpu" / "detached.sh"), *args],
+        env={**os.environ, "DETACHED_DIR": str(state)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_a_job_runs_on_after_the_starting_call_and_later_calls_get_its_log_and_status(tmp_path: Path) -> None:
+    started = detached(tmp_path, "job", "0", "bash", "-c", "echo first; sleep 2; echo second; exit 4")
+    assert started.returncode == 0 and "still running" in started.stdout
+
+    attached = detached(tmp_path, "job", "30")
+    assert "attaching" in attached.stdout and "second" in attached.stdout
+    assert attached.returncode == 4
+
+    again = detached(tmp_path, "job", "30")
+    assert again.returncode == 4 and "already ended with exit status 4" in again.stdout
+
+
+def test_a_job_killed_from_outside_is_reported_as_vanished(tmp_path: Path) -> None:
+    started = detached(tmp_path, "job", "0", "sleep", "30")
+    assert started.returncode == 0
+    pid = int((tmp_path / "job" / "pid").read_text())
+    os.killpg(pid, signal.SIGKILL)
+    time.sleep(0.2)
+    vanished = detached(tmp_path, "job", "5")
+    assert vanished.returncode == 3 and "without an exit status" in vanished.stdout
+
+
+def test_attaching_without_a_job_or_command_is_an_error(tmp_path: Path) -> None:
+    result = detached(tmp_path, "nothing", "0")
+    assert result.returncode == 2 and "no command given" in result.stdout
+
+
+#: Stands in for `python -m verl.trainer.main_ppo` (verl needs a GPU): logs two steps and hangs on its first
+#: start, logs one step and exits on its second. Any other `python` call goes to the real interpreter.
+FAKE_PYTHON = """#!/usr/bin/env bash
+if [ "$2" = verl.trainer.main_ppo ]; then
+  starts=$WORK/starts
+  echo start >> "$starts"
+  if [ "$(wc -l < "$starts")" = 1 ]; then
+    printf '{"step": 0}\n{"step": 1}\n' >> "$VERL_FILE_LOGGER_PATH"
+    exec sleep 300
+  fi
+  echo '{"step": 2}' >> "$VERL_FILE_LOGGER_PATH"
+  exit 0
+fi
+exec REAL_PYTHON "$@"
+"""
+
+
+def test_needle_watchdog_stops_a_run_that_stops_logging_steps_and_resumes_it(tmp_path: Path) -> None:
+    shim = tmp_path / "bin"
+    shim.mkdir()
+    (shim / "python").write_text(FAKE_PYTHON.replace("REAL_PYTHON", sys.executable))
+    (shim / "python").chmod(0o755)
+    work = tmp_path / "work"
+    (work / "sft").mkdir(parents=True)
+    env = {
+        **os.environ,
+        "PATH": f"{shim}:{os.environ['PATH']}",
+        "WORK": str(work),
+        "STAGE": "main",
+        "DEADLINE_S": "200",
+        "PACK_S": "0",
+        "START_S": "30",
+        "STALL_S": "2",
+        "POLL_S": "1",
+    }
+    result = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "gpu" / "needle_grpo.sh"), str(tmp_path / "out")],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert (work / "starts").read_text().splitlines() == ["start", "start"]
+    assert "no step logged for 2s" in result.stdout and "resuming from its last checkpoint" in result.stdout
+    stalls = list((work / "runs" / "main").glob("stall_*.txt"))
+    assert len(stalls) == 1 and "== processes ==" in stalls[0].read_text()
+    processes = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True).stdout
+    assert "sleep 300" not in processes.splitlines()  # the hung stand-in went with its process group
