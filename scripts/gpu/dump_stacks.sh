@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Print the Python stacks of every Ray, vLLM and verl process on this machine (py-spy dump), to see where a
-# stalled run waits. py-spy comes with the GPU stack (/tmp/site/bin) or from PATH.
+# stalled run waits, after the machine's memory, shared memory (Ray's object store) and GPU state. py-spy
+# comes with the GPU stack (/tmp/site/bin) or from PATH.
 #
 #   bash scripts/gpu/dump_stacks.sh > stacks.txt
 set -uo pipefail
@@ -9,6 +10,11 @@ if [ ! -x "$PY_SPY" ]; then
   echo "py-spy not found (PATH or /tmp/site/bin); process list only"
   PY_SPY=
 fi
+echo "== memory, /dev/shm, /tmp =="
+free -g
+df -h /dev/shm /tmp
+echo "== GPU =="
+nvidia-smi 2>&1 | head -n 40
 echo "== processes =="
 ps -eo pid,pgid,etimes,pcpu,rss,args --sort=pid | grep -E 'ray::|main_ppo|vllm|VLLM|EngineCore|python' \
   | grep -v -E 'grep|dump_stacks' | cut -c 1-240
