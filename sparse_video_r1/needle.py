@@ -387,6 +387,7 @@ def needle_traces(
     max_requests: int = 2,
     uniform_share: float = 0.0,
     uniform_frames: Sequence[int] = (4, 8, 16),
+    informed: bool = False,
 ) -> list[dict[str, Any]]:
     """Protocol traces with *uninformed* requests, ``copies`` per video, in the format ``sft`` reads.
 
@@ -400,6 +401,10 @@ def needle_traces(
     traces are single-turn uniform-frame dialogues instead (N from ``uniform_frames``, the evaluation's
     ``uniform_N`` prompt, see :mod:`sparse_video_r1.sft`), answered the same way, so those baselines measure
     what their frames show rather than a prompt the model never saw.
+
+    ``informed=True`` makes every trace's one request go straight to the card: supervised on those, the
+    model shows whether it can learn the cue's mapping at all (a learnability check; never a cold start
+    for RL, which must find the mapping itself).
     """
     if not dialogue.allows_requests:
         raise ValueError("needle traces need a dialogue that allows frame requests")
@@ -434,10 +439,10 @@ def needle_traces(
                 and unasked
                 and episode.frames_left > 0
                 and len(turns) < min(max_requests, dialogue.max_turns - 1)
-                and (not turns or rng.random() < 0.5)
+                and (informed or not turns or rng.random() < 0.5)
             ):
                 count = rng.randint(1, min(dialogue.max_frames_per_request, episode.frames_left, len(unasked)))
-                times = rng.sample(unasked, count)
+                times = [needle.time] if informed else rng.sample(unasked, count)
                 unasked = [t for t in unasked if t not in times]
                 turns.append(request_text(sorted(times)))
                 observation = episode.step(turns[-1])
@@ -469,6 +474,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         default=0.2,
         help="share of train traces that are single-turn uniform 4/8/16-frame dialogues (the baselines' prompt)",
     )
+    parser.add_argument(
+        "--informed",
+        action="store_true",
+        help="train traces request the card's own time (a learnability check of the cue, not a cold start for RL)",
+    )
     parser.add_argument("--dialogue", default=json.dumps(asdict(DIALOGUE)), help="DialogueConfig fields as JSON")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -493,7 +503,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         }
     if args.traces:
         infos = [row["extra_info"] for row in rows["train"]]
-        traces = needle_traces(infos, dialogue, copies=args.traces, seed=args.seed, uniform_share=args.uniform_share)
+        traces = needle_traces(
+            infos,
+            dialogue,
+            copies=args.traces,
+            seed=args.seed,
+            uniform_share=args.uniform_share,
+            informed=args.informed,
+        )
         if args.reading:
             reading = write_split(args.out, "read", args.reading, rng, dialogue.initial_frames, hidden=False)
             traces += needle_traces([row["extra_info"] for row in reading], dialogue, seed=args.seed + 1)

@@ -238,6 +238,19 @@ def test_reading_videos_show_the_card_at_once_and_their_traces_answer_without_re
         assert f"<answer>{OPTION_LETTERS[colours.pop()]}</answer>" in trace.turns[0]
 
 
+def test_informed_traces_request_the_card_at_once_and_read_it(task: Path, sampler: FrameSampler) -> None:
+    infos = extra_infos(task, "train")
+    traces = needle.needle_traces(infos, needle.DIALOGUE, informed=True)
+    assert len(traces) == len(infos)
+    for record, info in zip(traces, infos, strict=True):
+        trace = Trace(VideoQA.from_extra_info(record["extra_info"]), tuple(record["turns"]))
+        _, images = replay(trace, needle.DIALOGUE, sampler)
+        request = parse_turn(trace.turns[0])
+        assert len(trace.turns) == 2 and isinstance(request, FrameRequest)
+        assert request.timestamps == (needle.Needle.from_extra_info(info).time,)
+        assert record["card_seen"] and needle.read_card(images[-1]) == OPTION_LETTERS.index(info["answer"])
+
+
 def test_traces_need_a_dialogue_that_allows_requests() -> None:
     info = {"qid": "q", "video_path": "/nonexistent.mp4", "question": "?", "options": ["a", "b"], "answer": "A"}
     with pytest.raises(ValueError, match="allows frame requests"):

@@ -29,11 +29,12 @@
 # against the vLLM policy): the FSDP recomputation was a quarter of a step and matched vLLM's to 2e-5 KL.
 # Knobs: STEPS (150), DEADLINE_S (570), PACK_S (40), SAVE_EVERY (25), VAL_EVERY (0: held-out accuracy comes
 # from the report stage), START_S (480), STALL_S (150), POLL_S (10) and MAX_RESTARTS (3) for the watchdog,
-# BATCH (8 questions per step), N (8 rollouts each), MINI_BATCH (4 questions per update), LR (1e-4), GPU_UTIL (0.25 per run),
+# BATCH (8 questions per step), N (8 rollouts each), MINI_BATCH (4 questions per update), LR (3e-4), GPU_UTIL (0.25 per run),
 # KV_CACHE_GB (4 per run), TRAIN (512), VAL (128), TRACES (1 per train video),
 # READING (256 cold-start videos whose opening frames show the card), SFT_EPOCHS (6), SFT_LR (3e-4), SEED (0).
 # The SFT defaults come from the CPU sweep in docs/results/needle/cold_start_cpu.md: 3 epochs at 1e-3 read a
-# shown card in about half the uniform_32 videos; 6 epochs at 3e-4 read it reliably.
+# shown card in about half the uniform_32 videos; 6 epochs at 3e-4 read it reliably. GRPO's LR is the SFT's:
+# at 1e-4 (attempt 2) the policy moved by a PPO KL of 1e-5..1e-4 per step with no clipping, too slowly for ~100 steps.
 # PRINT_OVERRIDES=1 prints the `main` run's hydra overrides, one per line, and exits (the tests compose them).
 set -euo pipefail
 STARTED=$(date +%s)
@@ -54,7 +55,7 @@ POLL_S=${POLL_S:-10}
 BATCH=${BATCH:-8}
 N=${N:-8}
 MINI_BATCH=${MINI_BATCH:-4}
-LR=${LR:-1e-4}
+LR=${LR:-3e-4}
 GPU_UTIL=${GPU_UTIL:-0.25}
 KV_CACHE_GB=${KV_CACHE_GB:-4}
 SEED=${SEED:-0}
