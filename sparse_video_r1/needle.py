@@ -43,8 +43,13 @@ to hit a 2-s card: :func:`uniform_hit_rate` gives the share of videos a given nu
 hits, i.e. the accuracy bound of a perfect reader of uniform frames.
 
 Reward (``reward.custom_reward_function.path=pkg://sparse_video_r1.needle``): :func:`compute_score` is the
-standard :func:`sparse_video_r1.reward.compute_score` plus ``needle_distance`` and ``hit_needle`` for
-logging; they are not reward terms.
+standard :func:`sparse_video_r1.reward.compute_score` plus ``needle_distance``, ``hit_needle`` and
+``proximity`` for logging. ``proximity_weight`` (a reward kwarg, default 0) adds ``proximity`` to the score: a
+shaping term that grades *where* a dialogue looked, ``exp(-distance / SLOT_SECONDS)`` for its closest
+request (1 on the card, 0.37 one slot away, 0 without a request). With accuracy alone, a request earns
+nothing unless it lands on the card (one dialogue in ten at the cold start), so GRPO's signal about where
+to look is sparse; the shaping term gives every request a graded one. It uses the card's time, which only
+a synthetic task knows: a documented variant of the experiment, never the default.
 
 CLI::
 
@@ -71,7 +76,7 @@ from PIL import Image
 from sparse_video_r1 import protocol, reward
 from sparse_video_r1.config import DialogueConfig, from_mapping, uniform_baseline_fields
 from sparse_video_r1.data.records import VideoQARecord, to_verl_row, write_parquet
-from sparse_video_r1.dialogue import Episode, VideoQA
+from sparse_video_r1.dialogue import ENVIRONMENT_FAILURES, Episode, VideoQA
 from sparse_video_r1.frames import FrameSampler, VideoInfo, frame_index, uniform_timestamps
 from sparse_video_r1.protocol import OPTION_LETTERS
 from sparse_video_r1.synthetic import write_video
@@ -314,20 +319,26 @@ def compute_score(
     extra_info: dict | None = None,
     **reward_kwargs: Any,
 ) -> dict[str, float]:
-    """The standard reward plus, for logging only, where the dialogue looked.
+    """The standard reward plus where the dialogue looked: logged, and scored with ``proximity_weight``.
 
     ``needle_distance``: the smallest ``|requested - card centre|`` over the loop's ``requested_timestamps``
     (the video's duration when nothing was requested); ``hit_needle``: 1.0 when a shown frame (the loop's
-    ``shown_timestamps``) shows the card. verl merges those loop fields into ``extra_info`` at top level
-    (see :mod:`sparse_video_r1.reward`).
+    ``shown_timestamps``) shows the card; ``proximity``: the shaping term (module docstring), never added to
+    the score of a sample the environment failed (its ``failure_score`` stands). verl merges those loop
+    fields into ``extra_info`` at top level (see :mod:`sparse_video_r1.reward`).
     """
+    weight = float(reward_kwargs.pop("proximity_weight", 0.0))
     scores = reward.compute_score(data_source, solution_str, ground_truth, extra_info, **reward_kwargs)
     info = extra_info or {}
     needle = Needle.from_extra_info(info)
     requested = [float(t) for t in info.get("requested_timestamps", ())]
     shown = [float(t) for t in info.get("shown_timestamps", ())]
-    scores["needle_distance"] = min((abs(t - needle.time) for t in requested), default=needle.duration)
+    distance = min((abs(t - needle.time) for t in requested), default=None)
+    scores["needle_distance"] = needle.duration if distance is None else distance
     scores["hit_needle"] = float(any(needle.shows(t) for t in shown))
+    scores["proximity"] = 0.0 if distance is None else math.exp(-distance / SLOT_SECONDS)
+    if not any(scores[f"stop/{reason.value}"] for reason in ENVIRONMENT_FAILURES):
+        scores["score"] += weight * scores["proximity"]
     return scores
 
 

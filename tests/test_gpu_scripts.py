@@ -50,15 +50,16 @@ def test_attaching_without_a_job_or_command_is_an_error(tmp_path: Path) -> None:
     assert result.returncode == 2 and "no command given" in result.stdout
 
 
-#: Stands in for `python -m verl.trainer.main_ppo` (verl needs a GPU): logs two steps and hangs on its first
-#: start, logs one step and exits on its second. Any other `python` call goes to the real interpreter.
+#: Stands in for `python -m verl.trainer.main_ppo` (verl needs a GPU): logs two steps and then does FIRST_END (hangs
+#: or fails) on its first start, logs one step and exits on its second. Any other `python` call goes to the real
+#: interpreter.
 FAKE_PYTHON = """#!/usr/bin/env bash
 if [ "$2" = verl.trainer.main_ppo ]; then
   starts=$WORK/starts
   echo start >> "$starts"
   if [ "$(wc -l < "$starts")" = 1 ]; then
     printf '{"step": 0}\n{"step": 1}\n' >> "$VERL_FILE_LOGGER_PATH"
-    exec sleep 300
+    FIRST_END
   fi
   echo '{"step": 2}' >> "$VERL_FILE_LOGGER_PATH"
   exit 0
@@ -67,10 +68,11 @@ exec REAL_PYTHON "$@"
 """
 
 
-def test_needle_watchdog_stops_a_run_that_stops_logging_steps_and_resumes_it(tmp_path: Path) -> None:
+def run_needle_main(tmp_path: Path, first_end: str) -> tuple[subprocess.CompletedProcess[str], Path]:
+    """needle_grpo.sh's `main` stage with the stand-in verl, whose first start ends with ``first_end``."""
     shim = tmp_path / "bin"
     shim.mkdir()
-    (shim / "python").write_text(FAKE_PYTHON.replace("REAL_PYTHON", sys.executable))
+    (shim / "python").write_text(FAKE_PYTHON.replace("REAL_PYTHON", sys.executable).replace("FIRST_END", first_end))
     (shim / "python").chmod(0o755)
     work = tmp_path / "work"
     (work / "sft").mkdir(parents=True)
@@ -89,6 +91,11 @@ def test_needle_watchdog_stops_a_run_that_stops_logging_steps_and_resumes_it(tmp
         ["bash", str(ROOT / "scripts" / "gpu" / "needle_grpo.sh"), str(tmp_path / "out")],
         env=env, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
+    return result, work
+
+
+def test_needle_watchdog_stops_a_run_that_stops_logging_steps_and_resumes_it(tmp_path: Path) -> None:
+    result, work = run_needle_main(tmp_path, "exec sleep 300")
     assert result.returncode == 0, result.stderr
     assert (work / "starts").read_text().splitlines() == ["start", "start"]
     assert "no step logged for 2s" in result.stdout and "resuming from its last checkpoint" in result.stdout
@@ -96,3 +103,11 @@ def test_needle_watchdog_stops_a_run_that_stops_logging_steps_and_resumes_it(tmp
     assert len(stalls) == 1 and "== processes ==" in stalls[0].read_text()
     processes = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True).stdout
     assert "sleep 300" not in processes.splitlines()  # the hung stand-in went with its process group
+
+
+def test_needle_run_that_fails_before_the_deadline_is_resumed(tmp_path: Path) -> None:
+    result, work = run_needle_main(tmp_path, "echo 'RuntimeError: split_with_sizes' >&2; exit 1")
+    assert result.returncode == 0, result.stderr
+    assert (work / "starts").read_text().splitlines() == ["start", "start"]
+    assert "exit status 1" in result.stdout and "resuming from its last checkpoint after a crash" in result.stdout
+    assert "no step logged" not in result.stdout

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import math
 import os
 import random
 import subprocess
@@ -164,6 +165,25 @@ def test_a_request_next_to_the_card_is_near_but_no_hit() -> None:
 def test_without_requests_the_distance_is_the_video_duration() -> None:
     scores = needle.compute_score("needle", "", "B", {**NEEDLE_INFO, **loop_fields([], [5.0, 15.0], "B")})
     assert scores["needle_distance"] == 40.0 and scores["hit_needle"] == 0.0
+
+
+def test_proximity_grades_where_a_dialogue_looked_and_scores_only_when_weighted() -> None:
+    on_card = {**NEEDLE_INFO, **loop_fields([27.0], [5.0, 27.0], "C")}
+    one_slot_off = {**NEEDLE_INFO, **loop_fields([21.0], [5.0, 21.0], "C")}
+    blind = {**NEEDLE_INFO, **loop_fields([], [5.0], "C")}
+    plain = needle.compute_score("needle", "", "B", on_card)
+    assert plain["proximity"] == 1.0 and plain["score"] == pytest.approx(0.1)
+    weighted = [
+        needle.compute_score("needle", "", "B", info, proximity_weight=0.5) for info in (on_card, one_slot_off, blind)
+    ]
+    assert [scores["proximity"] for scores in weighted] == pytest.approx([1.0, math.exp(-1.0), 0.0])
+    assert [scores["score"] for scores in weighted] == pytest.approx([0.6, 0.1 + 0.5 * math.exp(-1.0), 0.1])
+
+
+def test_proximity_leaves_the_failure_score_of_a_failed_sample() -> None:
+    info = {**NEEDLE_INFO, **loop_fields([27.0], [5.0], None), "stop_reason": "video_error"}
+    scores = needle.compute_score("needle", "", "B", info, proximity_weight=0.5, failure_score=0.3)
+    assert scores["proximity"] == 1.0 and scores["score"] == 0.3
 
 
 def test_reward_refuses_rows_that_are_not_needle_rows() -> None:
