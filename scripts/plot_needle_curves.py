@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 from sparse_video_r1 import needle
 
 #: Per-dialogue fields of the rollout dumps averaged per step.
-DUMP_FIELDS = ("accuracy", "hit_needle", "needle_distance", "frames_used", "assistant_turns", "score")
+DUMP_FIELDS = ("accuracy", "hit_needle", "needle_distance", "proximity", "frames_used", "assistant_turns", "score")
 #: Validation metrics (verl's names for the reward's extra fields) copied per step.
 VAL_FIELDS = ("accuracy", "hit_needle", "needle_distance", "frames_used", "assistant_turns")
 #: Training metrics copied per step.
@@ -57,7 +57,8 @@ def _mean(values: Sequence[float]) -> float | None:
 def step_stats(samples: Sequence[Mapping[str, Any]]) -> dict[str, float | int | None]:
     """Means of one step's dialogues; ``needle_distance_requested`` only over dialogues that asked for frames."""
     row: dict[str, float | int | None] = {"samples": len(samples)}
-    row.update({key: _mean([float(s[key]) for s in samples]) for key in DUMP_FIELDS})
+    # (``proximity`` is missing from the dumps of runs made before the reward returned it.)
+    row.update({key: _mean([float(s[key]) for s in samples if key in s]) for key in DUMP_FIELDS})
     asked = [s for s in samples if float(s["requested_frames"]) > 0]
     row["share_requested"] = len(asked) / len(samples) if samples else None
     row["needle_distance_requested"] = _mean([float(s["needle_distance"]) for s in asked])
@@ -87,20 +88,36 @@ def run_curve(run: Path) -> list[dict[str, Any]]:
     return rows
 
 
+#: Steps in the rolling mean drawn over each training curve (one step is 64 dialogues: noisy).
+SMOOTHING = 10
+
+
+def rolling_mean(values: Sequence[float], window: int) -> list[float]:
+    return [statistics.fmean(values[max(0, i + 1 - window) : i + 1]) for i in range(len(values))]
+
+
 def plot_curves(curves: Mapping[str, list[dict[str, Any]]], path: Path) -> None:
-    panels = (
+    panels = [
         ("accuracy", "training accuracy (rollouts)"),
+        ("hit_needle", "share of dialogues shown the card"),
         ("needle_distance_requested", "distance to needle, s (requesting dialogues)"),
         ("frames_used", "frames per dialogue"),
-        ("val_accuracy", "held-out accuracy (greedy)"),
-    )
+    ]
+    if any(row.get("val_accuracy") is not None for rows in curves.values() for row in rows):
+        panels.append(("val_accuracy", "held-out accuracy (greedy)"))
     figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4))
     for axis, (key, title) in zip(axes, panels, strict=True):
-        for name, rows in curves.items():
+        for index, (name, rows) in enumerate(curves.items()):
             points = [(row["step"], row[key]) for row in rows if row.get(key) is not None]
-            if points:
-                steps, values = zip(*points, strict=True)
-                axis.plot(steps, values, marker="o" if key.startswith("val_") else None, markersize=3, label=name)
+            if not points:
+                continue
+            steps, values = zip(*points, strict=True)
+            colour = f"C{index}"
+            if key.startswith("val_"):
+                axis.plot(steps, values, marker="o", markersize=3, color=colour, label=name)
+                continue
+            axis.plot(steps, values, color=colour, alpha=0.25, linewidth=0.8)
+            axis.plot(steps, rolling_mean(values, SMOOTHING), color=colour, label=f"{name} ({SMOOTHING}-step mean)")
         if key in ("accuracy", "val_accuracy"):
             axis.axhline(1 / len(needle.COLOURS), color="grey", linestyle=":", linewidth=1, label="chance")
         axis.set_title(title, fontsize=10)

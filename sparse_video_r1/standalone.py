@@ -1,6 +1,7 @@
 """The agent loop outside verl's trainer: the same class, fed by any server with verl's ``generate`` contract.
 
-Evaluation and the demo use this, so they run exactly the dialogue that training optimises.
+Evaluation and the demo use this, so they run exactly the dialogue that training optimises; tests and the
+actor-update benchmark also turn its outputs into the training batch verl's workers would build.
 """
 
 from __future__ import annotations
@@ -11,8 +12,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from omegaconf import OmegaConf
-from verl.experimental.agent_loop.agent_loop import AgentLoopOutput, DictConfigWrap
+from verl import DataProto
+from verl.experimental.agent_loop.agent_loop import (
+    AgentLoopOutput,
+    AgentLoopWorker,
+    DictConfigWrap,
+    _InternalAgentLoopOutput,
+)
 from verl.utils.dataset.rl_dataset import RLHFDataset
 from verl.utils.tokenizer import hf_processor, hf_tokenizer
 
@@ -68,6 +76,40 @@ def run_dialogues(
         return await asyncio.gather(*runs)
 
     return loop.loop.run_until_complete(all_samples())
+
+
+class _PostprocessingWorker:
+    """The parts of verl's ``AgentLoopWorker`` that turn loop outputs into a batch, without its Ray actor."""
+
+    _compute_multi_modal_inputs = AgentLoopWorker._compute_multi_modal_inputs
+    _compute_position_ids = AgentLoopWorker._compute_position_ids
+    _get_mm_processor_kwargs = AgentLoopWorker._get_mm_processor_kwargs
+    _compute_score = AgentLoopWorker._compute_score
+    _compute_teacher_logprobs = AgentLoopWorker._compute_teacher_logprobs
+    _pad_token_ids = AgentLoopWorker._pad_token_ids
+    distillation_enabled = False
+    reward_loop_worker_handles = None
+
+    def __init__(self, tokenizer: Any, processor: Any, prompt_length: int, response_length: int):
+        self.tokenizer, self.processor = tokenizer, processor
+        self.rollout_config = OmegaConf.create({"prompt_length": prompt_length, "response_length": response_length})
+        self.mm_processor_kwargs: dict[str, Any] = {}
+
+
+def to_training_batch(
+    outputs: list[AgentLoopOutput], tokenizer: Any, processor: Any, prompt_length: int, response_length: int
+) -> tuple[list[_InternalAgentLoopOutput], DataProto]:
+    """verl's own per-sample post-processing (padding, multimodal inputs, mRoPE positions) and batching.
+
+    Returns the per-sample outputs and the batch, exactly as ``AgentLoopWorker`` hands them to the trainer.
+    """
+    worker = _PostprocessingWorker(tokenizer, processor, prompt_length, response_length)
+    samples = [
+        asyncio.run(AgentLoopWorker._agent_loop_postprocess(worker, output, validate=False, raw_prompt=[]))
+        for output in outputs
+    ]
+    batch = AgentLoopWorker._postprocess(worker, samples, input_non_tensor_batch={"index": np.arange(len(outputs))})
+    return samples, batch
 
 
 def split_turns(tokenizer: Any, output: AgentLoopOutput) -> list[Turn]:

@@ -10,17 +10,17 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
-from verl.experimental.agent_loop.agent_loop import AgentLoopOutput, AgentLoopWorker, DictConfigWrap
+from verl.experimental.agent_loop.agent_loop import AgentLoopOutput, DictConfigWrap
 from verl.utils.dataset.rl_dataset import RLHFDataset
 from verl.utils.tokenizer import hf_processor, hf_tokenizer
 
 from sparse_video_r1.agent_loop import SparseVideoAgentLoop
 from sparse_video_r1.dialogue import StopReason
 from sparse_video_r1.hf_server import ScriptedServer, TransformersServer
+from sparse_video_r1.standalone import to_training_batch
 from sparse_video_r1.synthetic import read_frame_index
 
 FPS = 10.0
@@ -168,32 +168,6 @@ def test_a_missing_video_ends_only_that_sample_with_a_gradient_free_output(
     assert len(missing.multi_modal_data["images"]) == 1 == image_pad_runs(tokenizer, missing.prompt_ids)
 
 
-def postprocess(outputs: list[AgentLoopOutput], tokenizer, processor, prompt_length: int, response_length: int):
-    """verl's own per-sample post-processing and batching, as AgentLoopWorker runs them."""
-
-    class Worker:
-        _compute_multi_modal_inputs = AgentLoopWorker._compute_multi_modal_inputs
-        _compute_position_ids = AgentLoopWorker._compute_position_ids
-        _get_mm_processor_kwargs = AgentLoopWorker._get_mm_processor_kwargs
-        _compute_score = AgentLoopWorker._compute_score
-        _compute_teacher_logprobs = AgentLoopWorker._compute_teacher_logprobs
-        _pad_token_ids = AgentLoopWorker._pad_token_ids
-        distillation_enabled = False
-        reward_loop_worker_handles = None
-
-        def __init__(self):
-            self.tokenizer, self.processor = tokenizer, processor
-            self.rollout_config = OmegaConf.create({"prompt_length": prompt_length, "response_length": response_length})
-            self.mm_processor_kwargs = {}
-
-    worker = Worker()
-    internal = [
-        asyncio.run(AgentLoopWorker._agent_loop_postprocess(worker, o, validate=False, raw_prompt=[])) for o in outputs
-    ]
-    batch = AgentLoopWorker._postprocess(worker, internal, input_non_tensor_batch={"index": np.arange(len(outputs))})
-    return internal, batch
-
-
 def test_outputs_pass_through_verls_postprocessing_with_consistent_shapes(
     tiny_model_dir, tokenizer_and_processor, make_video, tmp_path
 ):
@@ -210,7 +184,7 @@ def test_outputs_pass_through_verls_postprocessing_with_consistent_shapes(
 
     loop = make_loop(tiny_model_dir, tokenizer_and_processor, ScriptedServer(tokenizer, policy))
     outputs = run_loop(loop, rows)
-    internal, batch = postprocess(outputs, tokenizer, processor, 1024, 1024)
+    internal, batch = to_training_batch(outputs, tokenizer, processor, 1024, 1024)
 
     assert batch.batch["input_ids"].shape == (4, 2048)
     assert batch.batch["position_ids"].shape == (4, 4, 2048)  # text positions + 3 mRoPE axes

@@ -47,3 +47,20 @@ def test_rollout_benchmark_plays_both_methods_on_cpu(tiny_model_dir: Path, tmp_p
         assert entry["generated_tokens"] > 0 and entry["dialogues_per_s"] > 0
         assert 0 <= entry["engine_idle_share"] <= 1 and 0 <= entry["decode_overlapping_engine_share"] <= 1
     assert "adaptive runs at" in rollout.table(payload)
+
+
+def test_actor_update_benchmark_runs_verls_worker_on_cpu_and_the_fused_path_is_nearer_float32(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    import actor_update
+
+    settings = actor_update.Settings(model=str(tiny_model_dir), device="cpu", questions=1, group=4, repeats=1)
+    payload = actor_update.run(settings, tmp_path, profile=False)
+    results = {entry["variant"]: entry for entry in payload["results"]}
+    assert set(results) == set(actor_update.VARIANTS)
+    for entry in results.values():
+        assert entry["dialogues"] == 4 and entry["first_update"]["grad_norm"] > 0
+    assert results[actor_update.REFERENCE]["max_log_prob_difference"] == 0
+    per_token, fused = results["per_token_log_probs"], results["fused_log_probs"]
+    assert fused["mean_log_prob_difference"] < per_token["mean_log_prob_difference"]
+    assert "float32_reference" in actor_update.table(payload)

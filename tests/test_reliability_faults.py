@@ -12,13 +12,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_agent_loop import ANSWER, FPS, REQUEST, make_loop, postprocess, row, run_loop
+from test_agent_loop import ANSWER, FPS, REQUEST, make_loop, row, run_loop
 from test_reward import verl_extra_info
 from verl.utils.tokenizer import hf_processor, hf_tokenizer
 
 from sparse_video_r1 import frames
 from sparse_video_r1.hf_server import ScriptedServer
 from sparse_video_r1.reward import compute_score
+from sparse_video_r1.standalone import to_training_batch
 
 #: The hanging video: 70 frames at 10 fps, so its initial frames (17, 52) differ from the requested 35.
 HANGING_FRAMES = 70
@@ -77,7 +78,7 @@ def test_a_hanging_decode_times_out_and_only_that_sample_is_marked(
     assert len(hangs.response_ids) > 0 and sum(hangs.response_mask) == 0  # kept, but no gradient
     assert fields["env_seconds"] >= DECODE_TIMEOUT_S
     assert scores(rows, outputs) == [(1.0, 1.0), (0.0, 0.0), (1.0, 1.0)]
-    _, batch = postprocess(outputs, tokenizer, processor, 1024, 1024)
+    _, batch = to_training_batch(outputs, tokenizer, processor, 1024, 1024)
     assert list(batch.non_tensor_batch["stop_reason"]) == ["answered", "decode_timeout", "answered"]
 
 
@@ -112,5 +113,5 @@ def test_an_exception_inside_one_sample_is_recorded_and_the_batch_completes(
     others = [output.extra_fields["stop_reason"] for output in outputs if output is not broken]
     assert others == ["answered"] * 3
     assert sorted(scores(rows, outputs)) == [(0.0, 0.0), (1.0, 1.0), (1.0, 1.0), (1.0, 1.0)]
-    _, batch = postprocess(outputs, tokenizer, processor, 1024, 1024)
+    _, batch = to_training_batch(outputs, tokenizer, processor, 1024, 1024)
     assert batch.batch["input_ids"].shape[0] == 4

@@ -17,7 +17,7 @@ import av
 import numpy as np
 import pytest
 from PIL import Image
-from test_agent_loop import FPS, REQUEST, make_loop, postprocess, row, run_loop
+from test_agent_loop import FPS, REQUEST, make_loop, row, run_loop
 from test_reward import verl_extra_info
 from verl.utils.tokenizer import hf_processor, hf_tokenizer
 
@@ -32,6 +32,7 @@ from sparse_video_r1.frames import (
 )
 from sparse_video_r1.hf_server import ScriptedServer
 from sparse_video_r1.reward import compute_score
+from sparse_video_r1.standalone import to_training_batch
 from sparse_video_r1.synthetic import index_image, read_frame_index, write_index_video
 
 MIN_PIXELS = 16 * IMAGE_FACTOR * IMAGE_FACTOR
@@ -327,6 +328,6 @@ def test_failed_samples_score_zero_accuracy_and_zero_format(batch) -> None:
 def test_the_mixed_batch_passes_verls_postprocessing(batch, tokenizer_and_processor) -> None:
     _, outputs = batch
     tokenizer, processor = tokenizer_and_processor
-    _, data = postprocess(outputs, tokenizer, processor, 1024, 1024)
+    _, data = to_training_batch(outputs, tokenizer, processor, 1024, 1024)
     assert data.batch["input_ids"].shape == (len(IN_A_BATCH), 2048)
     assert list(data.non_tensor_batch["stop_reason"]) == [output.extra_fields["stop_reason"] for output in outputs]
