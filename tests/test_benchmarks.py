@@ -55,7 +55,7 @@ def test_actor_update_benchmark_runs_verls_worker_on_cpu_and_the_fused_path_is_n
     import actor_update
 
     settings = actor_update.Settings(model=str(tiny_model_dir), device="cpu", questions=1, group=4, repeats=1)
-    payload = actor_update.run(settings, tmp_path, profile=False)
+    payload = actor_update.run(settings, tmp_path, tmp_path / "work", profile=False)
     results = {entry["variant"]: entry for entry in payload["results"]}
     assert set(results) == set(actor_update.VARIANTS)
     for entry in results.values():

@@ -2,7 +2,7 @@
 # The needle runs (scripts/gpu/needle_grpo.sh) as one train stage spanning several device calls, so the two
 # GRPO runs start once (about 2.5 minutes of Ray, FSDP and vLLM start-up) instead of once per 10-minute call.
 #
-#   bash scripts/gpu/needle_session.sh start  OUT_DIR   # copy the repo to /tmp, start `train` detached
+#   bash scripts/gpu/needle_session.sh start  OUT_DIR [hydra overrides...]   # copy the repo to /tmp, start `train` detached
 #   bash scripts/gpu/needle_session.sh wait   OUT_DIR   # attach for at most WAIT_S, write the curves so far
 #   bash scripts/gpu/needle_session.sh report OUT_DIR   # wait for the end of `train`, then the report stage
 #
@@ -34,7 +34,7 @@ case $PHASE in
     tar --exclude=./.gpu --exclude=./.git --exclude=./.cache -cf - . | tar -xf - -C "$REPO"
     cd "$REPO"
     bash scripts/gpu/detached.sh needle "${WAIT_S:-420}" env STAGE=train \
-      DEADLINE_AT=$(($(date +%s) + ${TRAIN_S:-1330})) bash scripts/gpu/needle_grpo.sh "$TRAIN_OUT"
+      DEADLINE_AT=$(($(date +%s) + ${TRAIN_S:-1330})) bash scripts/gpu/needle_grpo.sh "$TRAIN_OUT" "${@:3}"
     ;;
   wait)
     cd "$REPO"
