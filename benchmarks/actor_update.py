@@ -27,7 +27,7 @@ mean and largest difference of its log-probs (response tokens) from the float32 
 update's loss and grad norm. ``--profile`` adds a cProfile of one more update per variant
 (``actor_update_profile_*.txt``).
 
-    python benchmarks/actor_update.py --device cpu --out docs/results/benchmarks --profile   # here (~4 min)
+    python benchmarks/actor_update.py --device cpu --out docs/results/benchmarks/cpu_actor_update --profile  # ~5 min
     python benchmarks/actor_update.py --device cuda --out OUT                                 # on the GPU
 """
 
@@ -57,7 +57,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from common import environment, format_table  # noqa: E402  (benchmarks/ is a folder of scripts)
+from common import environment, format_table, model_or_tiny  # noqa: E402  (benchmarks/ is a folder of scripts)
 
 #: The variant every other one's log-probs are compared with: verl's default path, all in float32.
 REFERENCE = "float32_reference"
@@ -336,11 +336,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     work = args.work or args.out / "work"
-    model = args.model
-    if model is None:
-        from sparse_video_r1.tiny_model import build_tiny_qwen2_5_vl
-
-        model = str(build_tiny_qwen2_5_vl(work / "tiny"))
+    model = model_or_tiny(args.model, work)
     settings = Settings(model, args.device, args.questions, args.group, args.repeats, args.seed)
     if args.child:
         result = run_variant(args.child, settings, args.batch, args.out, work, args.profile)

@@ -247,3 +247,12 @@ def write_outputs(name: str, payload: dict[str, Any], table: str, out_dir: Path)
     (out_dir / f"{name}.json").write_text(json.dumps({"environment": environment(), **payload}, indent=2) + "\n")
     (out_dir / f"{name}.txt").write_text(table + "\n")
     print(f"\nwrote {out_dir / (name + '.json')} and {name}.txt", file=sys.stderr)
+
+
+def model_or_tiny(model: str | None, work: Path) -> str:
+    """The model a benchmark was given, or the tiny random Qwen2.5-VL built (once) under ``work``."""
+    if model is not None:
+        return model
+    from sparse_video_r1.tiny_model import build_tiny_qwen2_5_vl
+
+    return str(build_tiny_qwen2_5_vl(work / "tiny"))

@@ -42,6 +42,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from common import model_or_tiny  # benchmarks/ is a folder of scripts
 from verl.workers.rollout.replica import TokenOutput
 
 from sparse_video_r1.config import DialogueConfig
@@ -449,11 +450,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     work = args.work or args.out / "work"
-    model = args.model
-    if model is None:
-        from sparse_video_r1.tiny_model import build_tiny_qwen2_5_vl
-
-        model = str(build_tiny_qwen2_5_vl(work / "tiny"))
+    model = model_or_tiny(args.model, work)
     settings = Settings(
         backend=args.backend,
         model=model,

@@ -12,11 +12,7 @@ set -euo pipefail
 OUT=$(mkdir -p "${1:?usage: needle_learnability.sh OUT_DIR}" && cd "$1" && pwd)
 cd "$(dirname "$0")/.."
 WORK=${WORK:-/tmp/svr1_learnability}
-DIALOGUE=$(python -c 'import dataclasses, json; from sparse_video_r1.needle import DIALOGUE; print(json.dumps(dataclasses.asdict(DIALOGUE)))')
-read -r -a EVAL_DIALOGUE < <(python -c 'import json, sys
-fields = json.loads(sys.argv[1])
-keys = ("initial_frames", "max_frames_per_request", "max_total_frames", "max_turns", "max_pixels", "max_tokens_per_turn")
-print(" ".join(f"--{key.replace(chr(95), chr(45))} {fields[key]}" for key in keys))' "$DIALOGUE")
+source scripts/needle_dialogue.sh
 rm -rf "$WORK" && mkdir -p "$WORK"
 python -m sparse_video_r1.tiny_model "$WORK/tiny"
 python -m sparse_video_r1.needle --out "$WORK/data" --train "${TRAIN:-512}" --val "${VAL:-128}" --seed "${SEED:-0}" \

@@ -92,18 +92,18 @@ def run_curve(run: Path) -> list[dict[str, Any]]:
 SMOOTHING = 10
 
 
-def rolling_mean(values: Sequence[float], window: int) -> list[float]:
-    return [statistics.fmean(values[max(0, i + 1 - window) : i + 1]) for i in range(len(values))]
+def rolling(values: Sequence[float], window: int, statistic: Any = statistics.fmean) -> list[float]:
+    return [statistic(values[max(0, i + 1 - window) : i + 1]) for i in range(len(values))]
 
 
 def plot_curves(curves: Mapping[str, list[dict[str, Any]]], path: Path) -> None:
     panels = [
         ("accuracy", "training accuracy (rollouts)"),
         ("hit_needle", "share of dialogues shown the card"),
-        ("needle_distance_requested", "distance to needle, s (requesting dialogues)"),
+        ("needle_distance_requested", f"distance to needle, s (requesting; {SMOOTHING}-step median)"),
         ("frames_used", "frames per dialogue"),
     ]
-    if any(row.get("val_accuracy") is not None for rows in curves.values() for row in rows):
+    if any(sum(row.get("val_accuracy") is not None for row in rows) > 1 for rows in curves.values()):
         panels.append(("val_accuracy", "held-out accuracy (greedy)"))
     figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4))
     for axis, (key, title) in zip(axes, panels, strict=True):
@@ -117,7 +117,13 @@ def plot_curves(curves: Mapping[str, list[dict[str, Any]]], path: Path) -> None:
                 axis.plot(steps, values, marker="o", markersize=3, color=colour, label=name)
                 continue
             axis.plot(steps, values, color=colour, alpha=0.25, linewidth=0.8)
-            axis.plot(steps, rolling_mean(values, SMOOTHING), color=colour, label=f"{name} ({SMOOTHING}-step mean)")
+            # A step's mean distance can hold one far-off request; the median of steps is robust to it.
+            statistic = statistics.median if key == "needle_distance_requested" else statistics.fmean
+            label = f"{name} ({SMOOTHING}-step mean)"
+            axis.plot(steps, rolling(values, SMOOTHING, statistic), color=colour, label=label)
+        if key == "needle_distance_requested":
+            # Runs before the reward clamped requests to the video logged a few far-off ones (one of 9000 s).
+            axis.set_ylim(0, needle.MAX_SECONDS)
         if key in ("accuracy", "val_accuracy"):
             axis.axhline(1 / len(needle.COLOURS), color="grey", linestyle=":", linewidth=1, label="chance")
         axis.set_title(title, fontsize=10)
@@ -186,15 +192,18 @@ def _named_paths(items: Sequence[str]) -> dict[str, Path]:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", action="append", default=[], help="NAME=RUN_DIR (repeatable)")
+    parser.add_argument("--curves", type=Path, help="re-plot a needle_curves.json written earlier instead of --run")
     parser.add_argument("--eval", action="append", default=[], help="NAME=EVALUATE_OUT_DIR (repeatable)")
     parser.add_argument("--val", type=Path, help="the held-out parquet the evaluations ran on")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     runs = {name: run for name, run in _named_paths(args.run).items() if run.is_dir()}
+    curves = json.loads(args.curves.read_text()) if args.curves else None
     if runs:
         curves = {name: run_curve(run) for name, run in runs.items()}
         (args.out / "needle_curves.json").write_text(json.dumps(curves, indent=1) + "\n")
+    if curves:
         plot_curves(curves, args.out / "needle_curves.png")
         for name, rows in curves.items():
             last = [row for row in rows if "accuracy" in row][-10:]

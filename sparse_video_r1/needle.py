@@ -321,17 +321,19 @@ def compute_score(
 ) -> dict[str, float]:
     """The standard reward plus where the dialogue looked: logged, and scored with ``proximity_weight``.
 
-    ``needle_distance``: the smallest ``|requested - card centre|`` over the loop's ``requested_timestamps``
-    (the video's duration when nothing was requested); ``hit_needle``: 1.0 when a shown frame (the loop's
-    ``shown_timestamps``) shows the card; ``proximity``: the shaping term (module docstring), never added to
-    the score of a sample the environment failed (its ``failure_score`` stands). verl merges those loop
-    fields into ``extra_info`` at top level (see :mod:`sparse_video_r1.reward`).
+    ``needle_distance``: the smallest ``|requested - card centre|`` over the loop's ``requested_timestamps``,
+    each clamped to the video as the dialogue clamps it before showing a frame (the video's duration when
+    nothing was requested; a request for 9000 s in a 40-s video looked at its end, not 9000 s away);
+    ``hit_needle``: 1.0 when a shown frame (the loop's ``shown_timestamps``) shows the card; ``proximity``: the
+    shaping term (module docstring), never added to the score of a sample the environment failed (its
+    ``failure_score`` stands). verl merges those loop fields into ``extra_info`` at top level (see
+    :mod:`sparse_video_r1.reward`).
     """
     weight = float(reward_kwargs.pop("proximity_weight", 0.0))
     scores = reward.compute_score(data_source, solution_str, ground_truth, extra_info, **reward_kwargs)
     info = extra_info or {}
     needle = Needle.from_extra_info(info)
-    requested = [float(t) for t in info.get("requested_timestamps", ())]
+    requested = [min(max(float(t), 0.0), needle.duration) for t in info.get("requested_timestamps", ())]
     shown = [float(t) for t in info.get("shown_timestamps", ())]
     distance = min((abs(t - needle.time) for t in requested), default=None)
     scores["needle_distance"] = needle.duration if distance is None else distance

@@ -4,6 +4,7 @@ the watchdog of scripts/gpu/needle_grpo.sh (a run that stops logging steps is st
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -68,11 +69,27 @@ exec REAL_PYTHON "$@"
 """
 
 
-def run_needle_main(tmp_path: Path, first_end: str) -> tuple[subprocess.CompletedProcess[str], Path]:
-    """needle_grpo.sh's `main` stage with the stand-in verl, whose first start ends with ``first_end``."""
+#: Stands in for `python -m verl.trainer.main_ppo` in the `train` stage: notes when each run begins and ends.
+FAKE_PYTHON_RUNS = """#!/usr/bin/env bash
+if [ "$2" = verl.trainer.main_ppo ]; then
+  name=$(printf '%s\n' "$@" | sed -n 's/^trainer.experiment_name=//p')
+  echo "begin $name" >> "$WORK/runs.log"
+  echo '{"step": 1}' >> "$VERL_FILE_LOGGER_PATH"
+  sleep 1
+  echo "end $name" >> "$WORK/runs.log"
+  exit 0
+fi
+exec REAL_PYTHON "$@"
+"""
+
+
+def run_needle_stage(
+    tmp_path: Path, stage: str, fake: str, deadline_s: int = 200
+) -> tuple[subprocess.CompletedProcess[str], Path]:
+    """needle_grpo.sh's ``stage`` with ``fake`` standing in for `python` (REAL_PYTHON: the real interpreter)."""
     shim = tmp_path / "bin"
     shim.mkdir()
-    (shim / "python").write_text(FAKE_PYTHON.replace("REAL_PYTHON", sys.executable).replace("FIRST_END", first_end))
+    (shim / "python").write_text(fake.replace("REAL_PYTHON", sys.executable))
     (shim / "python").chmod(0o755)
     work = tmp_path / "work"
     (work / "sft").mkdir(parents=True)
@@ -80,8 +97,8 @@ def run_needle_main(tmp_path: Path, first_end: str) -> tuple[subprocess.Complete
         **os.environ,
         "PATH": f"{shim}:{os.environ['PATH']}",
         "WORK": str(work),
-        "STAGE": "main",
-        "DEADLINE_S": "200",
+        "STAGE": stage,
+        "DEADLINE_S": str(deadline_s),
         "PACK_S": "0",
         "START_S": "30",
         "STALL_S": "2",
@@ -92,6 +109,22 @@ def run_needle_main(tmp_path: Path, first_end: str) -> tuple[subprocess.Complete
         env=env, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     return result, work
+
+
+def run_needle_main(tmp_path: Path, first_end: str) -> tuple[subprocess.CompletedProcess[str], Path]:
+    """needle_grpo.sh's `main` stage with the stand-in verl, whose first start ends with ``first_end``."""
+    return run_needle_stage(tmp_path, "main", FAKE_PYTHON.replace("FIRST_END", first_end))
+
+
+def test_needle_train_stage_runs_main_then_ablation_never_both_at_once(tmp_path: Path) -> None:
+    result, work = run_needle_stage(tmp_path, "train", FAKE_PYTHON_RUNS, deadline_s=400)
+    assert result.returncode == 0, result.stderr
+    order = ["begin needle_main", "end needle_main", "begin needle_ablation", "end needle_ablation"]
+    assert (work / "runs.log").read_text().splitlines() == order
+    budgets = re.findall(r"(main|ablation): starting \(loss_on=\w+, at most (\d+)s", result.stdout)
+    (first, main_budget), (second, ablation_budget) = budgets
+    assert (first, second) == ("main", "ablation")
+    assert int(main_budget) <= 200 < int(ablation_budget)  # main stops halfway to the 400-s deadline
 
 
 def test_needle_watchdog_stops_a_run_that_stops_logging_steps_and_resumes_it(tmp_path: Path) -> None:

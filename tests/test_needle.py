@@ -167,6 +167,12 @@ def test_without_requests_the_distance_is_the_video_duration() -> None:
     assert scores["needle_distance"] == 40.0 and scores["hit_needle"] == 0.0
 
 
+def test_distance_counts_a_request_past_the_end_where_the_dialogue_clamped_it() -> None:
+    info = {**NEEDLE_INFO, **loop_fields([9000.0], [5.0, 39.9], "C")}
+    scores = needle.compute_score("needle", "", "B", info)
+    assert scores["needle_distance"] == pytest.approx(40.0 - 27.0)
+
+
 def test_proximity_grades_where_a_dialogue_looked_and_scores_only_when_weighted() -> None:
     on_card = {**NEEDLE_INFO, **loop_fields([27.0], [5.0, 27.0], "C")}
     one_slot_off = {**NEEDLE_INFO, **loop_fields([21.0], [5.0, 21.0], "C")}

@@ -7,9 +7,13 @@
 #
 # STAGE is a comma list of parts, run in this order:
 #   prepare   tiny model, needle data, cold-start traces, SFT (WORK/{tiny,data,sft}).
-#   train     `main` and `ablation` at once on the one GPU: two verl processes, each its own local Ray cluster
-#             (ray_init.address=local) and vLLM engine with a fixed KV cache (kv_cache_memory_bytes: skips
-#             vLLM's memory profiling, which fails when another process on the GPU frees memory meanwhile).
+#   train     `main`, then `ablation`, each until STEPS or its share of the deadline: `main` stops halfway
+#             to it, `ablation` has the rest. Not side by side: two verl jobs on one host (each its own local
+#             Ray cluster) both get Ray job id 01000000, and verl names the socket of its colocated weight sync
+#             /tmp/rl-colocate-zmq-<job id>-replica-0-rank-0.sock, so the two runs share one socket; both runs
+#             of attempts 2 and 4 hung in update_weights (docs/results/needle/attempt4/README.md).
+#             Each vLLM engine has a fixed KV cache (kv_cache_memory_bytes: skips vLLM's memory profiling,
+#             which fails when another process on the GPU frees memory meanwhile).
 #   main, ablation   one run alone (the fallback if two at once do not fit).
 #   report    held-out evaluation (python -m sparse_video_r1.evaluate, vLLM, greedy) of the SFT model
 #             (adaptive and uniform 4/8/16/32) and of both RL models (adaptive), then the table.
@@ -69,21 +73,7 @@ PROMPT_LENGTH=${PROMPT_LENGTH:-768}
 RESPONSE_LENGTH=${RESPONSE_LENGTH:-384}
 DEADLINE=$((${DEADLINE_AT:-$((STARTED + DEADLINE_S))} - PACK_S))
 export RAY_AUTH_MODE=disabled VLLM_USE_FLASHINFER_SAMPLER=0 PYTHONUNBUFFERED=1
-# The needle task's dialogue (sparse_video_r1.needle.DIALOGUE): as JSON on the first line, for the generator and
-# SFT, then as hydra overrides for the runs (++: also fields the YAML does not list).
-mapfile -t DIALOGUE_LINES < <(python -c 'import dataclasses, json
-from sparse_video_r1.needle import DIALOGUE
-fields = dataclasses.asdict(DIALOGUE)
-print(json.dumps(fields))
-for key, value in fields.items():
-    print(f"++sparse_video.{key}={value}")')
-DIALOGUE=${DIALOGUE_LINES[0]}
-DIALOGUE_OVERRIDES=("${DIALOGUE_LINES[@]:1}")
-# The same dialogue as evaluate's flags.
-read -r -a EVAL_DIALOGUE < <(python -c 'import json, sys
-fields = json.loads(sys.argv[1])
-keys = ("initial_frames", "max_frames_per_request", "max_total_frames", "max_turns", "max_pixels", "max_tokens_per_turn")
-print(" ".join(f"--{key.replace(chr(95), chr(45))} {fields[key]}" for key in keys))' "$DIALOGUE")
+source scripts/needle_dialogue.sh  # DIALOGUE, DIALOGUE_OVERRIDES, EVAL_DIALOGUE
 # (evaluate sizes the prompt itself: uniform_32 needs a longer one than training does).
 EVAL_DIALOGUE+=(--response-length "$RESPONSE_LENGTH")
 
@@ -151,7 +141,8 @@ fi
 STALLED=75  # grpo_once's status when its watchdog stopped a hanging run
 CRASHED=76  # ... when the run exited with an error before the deadline
 
-grpo() {  # grpo RUN_NAME LOSS_ON [extra overrides...]: run until STEPS or DEADLINE, then export the last HF model
+grpo() {  # grpo RUN_NAME LOSS_ON [extra overrides...]: run until STEPS or RUN_DEADLINE (default DEADLINE), then export
+  # the last HF model
   local name=$1 stalls=0 status
   mkdir -p "$WORK/runs/$1"
   while :; do
@@ -173,7 +164,8 @@ grpo_once() {  # one verl process, until it ends, meets the deadline, or stalls 
   mapfile -t args < <(overrides "$1" "$2")
   shift 2
   part=$(date +%Y%m%d-%H%M%S)
-  budget=$((DEADLINE - $(date +%s)))
+  local deadline=${RUN_DEADLINE:-$DEADLINE}
+  budget=$((deadline - $(date +%s)))
   metrics=$run/metrics_$part.jsonl
   if [ "$budget" -lt 150 ]; then
     log "$name: only ${budget}s before the deadline, not starting"
@@ -183,7 +175,7 @@ grpo_once() {  # one verl process, until it ends, meets the deadline, or stalls 
     > "$run/command.txt"
   log "$name: starting (loss_on=$loss_on, at most ${budget}s; log $run/grpo_$part.log)"
   # timeout puts the run in its own process group and signals all of it (Ray and vLLM processes included).
-  MLP_CURRENT_CAPACITY_BLOCK_EXPIRATION_TIMESTAMP=$DEADLINE VERL_FILE_LOGGER_PATH=$metrics \
+  MLP_CURRENT_CAPACITY_BLOCK_EXPIRATION_TIMESTAMP=$deadline VERL_FILE_LOGGER_PATH=$metrics \
     timeout -s TERM -k 20 "$budget" python -m verl.trainer.main_ppo --config-path="$ROOT/configs" \
     --config-name=sparse_video_grpo "${args[@]}" "$@" > "$run/grpo_$part.log" 2>&1 &
   pid=$!
@@ -245,12 +237,8 @@ if has_stage prepare; then
 fi
 [ -d "$WORK/sft" ] || { echo "no $WORK/sft: run STAGE=prepare first (the device machine was replaced?)" >&2; exit 1; }
 if has_stage train; then
-  grpo main all_turns "$@" &
-  main_pid=$!
-  grpo ablation last_turn "$@" &
-  ablation_pid=$!
-  wait "$main_pid" || true
-  wait "$ablation_pid" || true
+  RUN_DEADLINE=$(($(date +%s) + (DEADLINE - $(date +%s)) / 2)) grpo main all_turns "$@"
+  grpo ablation last_turn "$@"
 fi
 if has_stage main; then grpo main all_turns "$@"; fi
 if has_stage ablation; then grpo ablation last_turn "$@"; fi
