@@ -100,9 +100,7 @@ def needle_overrides(model: str, work: Path) -> list[str]:
         ["bash", str(REPO / "scripts" / "gpu" / "needle_grpo.sh"), str(work / "unused_out")],
         env=env, capture_output=True, text=True, check=True,
     ).stdout.splitlines()  # fmt: skip
-    return [line for line in lines if not line.startswith("actor_rollout_ref.model.path=")] + [
-        f"actor_rollout_ref.model.path={model}"
-    ]
+    return [*lines, f"actor_rollout_ref.model.path={model}"]  # a later override of a key wins
 
 
 def scripted_policy(seed: int) -> Any:
@@ -141,6 +139,15 @@ def build_batch(settings: Settings, work: Path) -> Any:
     )
     outputs = run_dialogues(loop, extra_infos, {"temperature": 1.0, "logprobs": True})
     _, batch = to_training_batch(outputs, tokenizer, processor, prompt_length, response_length)
+    batch.meta_info["temperature"] = 1.0  # the rollout's sampling temperature, which its output carries
+    # What RayPPOTrainer.fit adds (inline) before the actor steps: token counts and image lengths, for the MFU.
+    batch.meta_info["global_token_num"] = torch.sum(batch.batch["attention_mask"], dim=-1).tolist()
+    batch.meta_info["images_seqlens"] = [
+        length
+        for inputs in batch.non_tensor_batch["multi_modal_inputs"]
+        if "image_grid_thw" in inputs
+        for length in inputs["images_seqlens"].tolist()
+    ]
     generator = torch.Generator().manual_seed(settings.seed)
     mask = batch.batch["response_mask"]
     advantages = torch.randn(len(mask), 1, generator=generator).expand_as(mask) * mask
@@ -149,30 +156,19 @@ def build_batch(settings: Settings, work: Path) -> Any:
     return batch
 
 
-def _as_update_input(batch: Any, cfg: Any, *, compute_loss: bool) -> Any:
-    """What RayPPOTrainer passes to the worker (``_compute_old_log_prob`` / ``_update_actor``)."""
-    from verl.utils import tensordict_utils as tu
-    from verl.workers.utils.padding import left_right_2_no_padding
+class _TrainerSteps:
+    """RayPPOTrainer's own two actor steps (``_compute_old_log_prob``, ``_update_actor``) over one local worker.
 
-    batch.meta_info.update(multi_turn=False, temperature=1.0)
-    data = left_right_2_no_padding(batch.to_tensordict())
-    if not compute_loss:
-        tu.assign_non_tensor(data, calculate_entropy=True, compute_loss=False)
-        return data
-    mini_batch = cfg.actor.ppo_mini_batch_size * cfg.rollout.n
-    tu.assign_non_tensor(
-        data,
-        calculate_entropy=False,
-        distillation_use_topk=False,
-        distillation_only=False,
-        global_batch_size=mini_batch,
-        mini_batch_size=mini_batch,
-        epochs=cfg.actor.ppo_epochs,
-        seed=cfg.actor.data_loader_seed,
-        dataloader_kwargs={"shuffle": False},
-        compute_loss=True,
-    )
-    return data
+    They turn the padded batch into the worker's input exactly as training does; only the worker group is
+    replaced by the in-process worker.
+    """
+
+    def __init__(self, config: Any, worker: Any):
+        from verl.trainer.ppo.ray_trainer import RayPPOTrainer
+
+        self.config, self.actor_rollout_wg = config, worker
+        self.compute_old_log_prob = RayPPOTrainer._compute_old_log_prob.__get__(self)
+        self.update_actor = RayPPOTrainer._update_actor.__get__(self)
 
 
 def _synchronize(device: str) -> None:
@@ -191,9 +187,7 @@ def run_variant(
     else:
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT="29532")
     from hydra import compose, initialize_config_dir
-    from verl.utils import tensordict_utils as tu
     from verl.workers.engine_workers import ActorRolloutRefWorker
-    from verl.workers.utils.padding import no_padding_2_padding
 
     dialogues = settings.questions * settings.group  # one update of the whole batch per step, as in the runs
     batch_sizes = [
@@ -204,33 +198,31 @@ def run_variant(
     ]
     overrides = needle_overrides(settings.model, work) + batch_sizes + list(VARIANTS[name])
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base=None):
-        cfg = compose(config_name="sparse_video_grpo", overrides=overrides).actor_rollout_ref
-    worker = ActorRolloutRefWorker(config=cfg, role="actor")
+        cfg = compose(config_name="sparse_video_grpo", overrides=overrides)
+    worker = ActorRolloutRefWorker(config=cfg.actor_rollout_ref, role="actor")
     worker.init_model()
+    trainer = _TrainerSteps(cfg, worker)
     batch = pickle.loads(batch_path.read_bytes())
 
     began = time.perf_counter()
-    data = _as_update_input(batch, cfg, compute_loss=False)  # with entropy, as the trainer asks for it
-    output = worker.compute_log_prob(data)
-    log_probs = no_padding_2_padding(tu.get(output, "log_probs"), data).float()
+    old_log_probs, _ = trainer.compute_old_log_prob(batch)
     log_prob_seconds = time.perf_counter() - began
+    log_probs = old_log_probs.batch["old_log_probs"]
     torch.save(log_probs, work / f"actor_update_log_probs_{name}.pt")
     batch.batch["old_log_probs"] = log_probs
 
     seconds, metrics = [], []
     for _ in range(settings.repeats):
-        data = _as_update_input(batch, cfg, compute_loss=True)
         _synchronize(settings.device)
         began = time.perf_counter()
-        result = worker.update_actor(data)
+        result = trainer.update_actor(batch)
         _synchronize(settings.device)
         seconds.append(time.perf_counter() - began)
-        metrics.append({key: _scalar(value) for key, value in tu.get(result, "metrics").items()})
+        metrics.append({key: _scalar(value) for key, value in result.meta_info["metrics"].items()})
     if profile:
         profiler = cProfile.Profile()
-        data = _as_update_input(batch, cfg, compute_loss=True)
         profiler.enable()
-        worker.update_actor(data)
+        trainer.update_actor(batch)
         _synchronize(settings.device)
         profiler.disable()
         text = io.StringIO()
@@ -280,7 +272,7 @@ def table(payload: dict[str, Any]) -> str:
                 f"{entry['mean_log_prob_difference']:.1e}",
                 f"{entry['max_log_prob_difference']:.1e}",
                 f"{first.get('actor/pg_loss', float('nan')):.4f}",
-                f"{first.get('grad_norm', float('nan')):.2e}",
+                f"{first.get('actor/grad_norm', float('nan')):.2e}",
             ]
         )
     header = ["variant", "1st update s", "update s", "vs first", "log-prob s", "mean |d|", "max |d|", "pg_loss",

@@ -59,7 +59,7 @@ def test_actor_update_benchmark_runs_verls_worker_on_cpu_and_the_fused_path_is_n
     results = {entry["variant"]: entry for entry in payload["results"]}
     assert set(results) == set(actor_update.VARIANTS)
     for entry in results.values():
-        assert entry["dialogues"] == 4 and entry["first_update"]["grad_norm"] > 0
+        assert entry["dialogues"] == 4 and entry["first_update"]["actor/grad_norm"] > 0
     assert results[actor_update.REFERENCE]["max_log_prob_difference"] == 0
     per_token, fused = results["per_token_log_probs"], results["fused_log_probs"]
     assert fused["mean_log_prob_difference"] < per_token["mean_log_prob_difference"]
