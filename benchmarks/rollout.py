@@ -4,7 +4,7 @@
 
 The agent loop (:func:`~sparse_video_r1.standalone.make_agent_loop`, the class verl trains) plays batches of
 dialogues over NExT-QA-shaped videos (640x480, 30 fps, H.264), ``--group`` rollouts per question as in GRPO,
-against one server (vLLM's offline engine behind :class:`~sparse_video_r1.vllm_server.OfflineVLLMServer`, or
+against one server (vLLM's ``AsyncLLM`` behind :class:`~sparse_video_r1.vllm_server.AsyncVLLMServer`, or
 the transformers backend for a CPU check). Two methods see the same total number of frames:
 
 * ``adaptive``: ``--initial-frames`` uniform frames, one request turn for ``--requested-frames`` more, then
@@ -18,8 +18,8 @@ and every dialogue takes the multi-turn path; the request's timestamps follow a 
 per question, jittered per rollout). Reported per method and batch size:
 
 * dialogues/s and generated tokens/s (wall time of the whole batch);
-* the environment's share of the wall time: the time the engine is idle (1 - engine busy / wall), and per
-  dialogue the time outside ``generate`` over its total;
+* the environment's share of the wall time: the time no request is in the engine (1 - engine busy / wall),
+  and per dialogue the time outside ``generate`` over its total;
 * how much of the frame decoding overlaps engine work (overlap of the two sets of intervals);
 * the prefix-cache hit rate (vLLM's ``num_cached_tokens`` over prompt tokens), run once with prefix caching
   on and once off (``--prefix-caching``; one engine per process).
@@ -34,14 +34,20 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 import random
+import shutil
+import signal
+import statistics
+import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import profile_summary
 from common import model_or_tiny  # benchmarks/ is a folder of scripts
 from verl.workers.rollout.replica import TokenOutput
 
@@ -69,7 +75,13 @@ class Settings:
     videos: int
     prefix_caching: bool
     warmup: int
+    repeats: int
     seed: int
+    decode_workers: int = DialogueConfig.decode_workers
+    #: vLLM without CUDA graphs (faster start); verl's rollout default captures them (``enforce_eager: False``).
+    enforce_eager: bool = True
+    #: Where to write a py-spy profile of the timed batches (this process and the vLLM engine's), if anywhere.
+    profile: str | None = None
 
 
 class Intervals:
@@ -136,8 +148,8 @@ class TimedSampler:
 class ForcedPolicyServer:
     """Wraps a server: the engine generates as many tokens as the scripted turn, the script's tokens come back.
 
-    ``script(request_id, turn)`` gives the turn's text. Engine-busy intervals are recorded: from the
-    engine thread for :class:`OfflineVLLMServer` (its batches), else around each inner ``generate``.
+    ``script(request_id, turn)`` gives the turn's text. Each inner ``generate`` is recorded as an
+    engine-busy interval: with continuous batching the engine works while any request is in it.
     """
 
     def __init__(self, inner: Any, tokenizer: Any, script: Callable[[str, int], str], engine: Intervals) -> None:
@@ -147,18 +159,6 @@ class ForcedPolicyServer:
         self.engine = engine
         self.turns: dict[str, int] = {}
         self.generated_tokens = 0
-        self._times_itself = hasattr(inner, "_generate")
-        if self._times_itself:
-            real = inner._generate
-
-            def timed_generate(prompts: Any, params: Any) -> Any:
-                started = time.perf_counter()
-                try:
-                    return real(prompts, params)
-                finally:
-                    engine.add(started, time.perf_counter())
-
-            inner._generate = timed_generate
 
     async def generate(
         self, request_id: str, *, prompt_ids: list[int], sampling_params: dict[str, Any], **kwargs: Any
@@ -171,8 +171,7 @@ class ForcedPolicyServer:
         params = {**sampling_params, "max_tokens": len(ids), "ignore_eos": True}
         started = time.perf_counter()
         output = await self.inner.generate(request_id, prompt_ids=prompt_ids, sampling_params=params, **kwargs)
-        if not self._times_itself:
-            self.engine.add(started, time.perf_counter())
+        self.engine.add(started, time.perf_counter())
         self.generated_tokens += len(output.token_ids)
         log_probs = [0.0] * len(ids) if sampling_params.get("logprobs") else None
         return TokenOutput(
@@ -214,9 +213,15 @@ def dialogue_configs(settings: Settings) -> dict[str, DialogueConfig]:
             max_total_frames=total,
             max_turns=3,
             max_tokens_per_turn=256,
+            decode_workers=settings.decode_workers,
         ),
         "single_turn": DialogueConfig(
-            initial_frames=total, max_frames_per_request=0, max_total_frames=total, max_turns=1, max_tokens_per_turn=256
+            initial_frames=total,
+            max_frames_per_request=0,
+            max_total_frames=total,
+            max_turns=1,
+            max_tokens_per_turn=256,
+            decode_workers=settings.decode_workers,
         ),
     }
 
@@ -254,17 +259,14 @@ def rows_for(count: int, group: int, videos: Sequence[Path]) -> list[dict[str, A
     ]
 
 
-def play(loop: Any, server: Any, rows: Sequence[dict[str, Any]]) -> list[tuple[Any, float]]:
-    """All dialogues concurrently on the loop's event loop, each registered as in flight with ``server`` if it
-    batches (OfflineVLLMServer sends a batch once every dialogue in flight waits for it)."""
+def play(loop: Any, rows: Sequence[dict[str, Any]]) -> list[tuple[Any, float]]:
+    """All dialogues concurrently on the loop's event loop, each with its own wall time."""
     params = {"temperature": 1.0, "top_p": 1.0, "logprobs": False}
-    track = getattr(server, "dialogue", None)
 
     async def one(row: dict[str, Any]) -> tuple[Any, float]:
-        async with track() if track is not None else contextlib.nullcontext():
-            started = time.perf_counter()
-            output = await loop.run(dict(params), extra_info=dict(row))
-            return output, time.perf_counter() - started
+        started = time.perf_counter()
+        output = await loop.run(dict(params), extra_info=dict(row))
+        return output, time.perf_counter() - started
 
     async def everything() -> list[tuple[Any, float]]:
         return await asyncio.gather(*(one(row) for row in rows))
@@ -284,7 +286,7 @@ def run_batch(
         take_stats()
     tokens_before = forced.generated_tokens
     started = time.perf_counter()
-    results = play(loop, forced.inner, rows)
+    results = play(loop, rows)
     wall = time.perf_counter() - started
     engine, decoding = forced.engine.union(), decode.union()
     engine_busy, decode_busy = measure(engine), measure(decoding)
@@ -323,9 +325,9 @@ def make_server(settings: Settings, max_images: int, prompt_length: int, respons
         from sparse_video_r1.hf_server import TransformersServer
 
         return TransformersServer(settings.model, device="cpu", seed=settings.seed)
-    from sparse_video_r1.vllm_server import OfflineVLLMServer
+    from sparse_video_r1.vllm_server import AsyncVLLMServer
 
-    return OfflineVLLMServer.launch(
+    return AsyncVLLMServer.launch(
         settings.model,
         max_images=max_images,
         prompt_length=prompt_length,
@@ -334,30 +336,46 @@ def make_server(settings: Settings, max_images: int, prompt_length: int, respons
         engine_kwargs={
             "enable_prefix_caching": settings.prefix_caching,
             "gpu_memory_utilization": 0.3,
-            "enforce_eager": True,
+            "enforce_eager": settings.enforce_eager,
         },
     )
 
 
 def run(settings: Settings, work: Path) -> dict[str, Any]:
-    """Every method at every batch size against one server; returns the JSON payload."""
+    """Every method at every batch size against one server, ``settings.repeats`` times; the JSON payload."""
     videos = write_videos(settings, work / "videos")
     configs = dialogue_configs(settings)
     prompt_length, response_length = 2048, 1024
     server = make_server(
         settings, max(c.max_images_per_prompt() for c in configs.values()), prompt_length, response_length
     )
+    try:
+        return play_methods(settings, server, configs, videos, prompt_length, response_length)
+    finally:
+        close = getattr(server, "close", None)
+        if close is not None:
+            close()
+
+
+def play_methods(
+    settings: Settings,
+    server: Any,
+    configs: dict[str, DialogueConfig],
+    videos: Sequence[Path],
+    prompt_length: int,
+    response_length: int,
+) -> dict[str, Any]:
+    """Warm up each method, then run (repeat, batch size, method) in turn: the methods alternate, never mix."""
     from verl.utils.tokenizer import hf_tokenizer
 
     tokenizer = hf_tokenizer(settings.model)
-    engine, results = Intervals(), []
     scripts = {
         "adaptive": request_script(
             float(settings.video_seconds), settings.initial_frames, settings.requested_frames, settings.seed
         ),
         "single_turn": lambda request_id, turn: ANSWER,
     }
-    forced = ForcedPolicyServer(server, tokenizer, scripts["adaptive"], engine)
+    forced = ForcedPolicyServer(server, tokenizer, scripts["adaptive"], Intervals())
     loops = {}
     for method, config in configs.items():
         loop = make_agent_loop(
@@ -369,28 +387,100 @@ def run(settings: Settings, work: Path) -> dict[str, Any]:
         print(f"[rollout] warm-up: {method}, {settings.warmup} dialogues", flush=True)
         forced.script = scripts[method]
         run_batch(method, loop, forced, decode, rows_for(settings.warmup, settings.group, videos))
-    for count in settings.dialogues:
-        rows = rows_for(count, settings.group, videos)
-        for method, (loop, decode) in loops.items():
-            forced.script = scripts[method]  # the methods run one after the other, never mixed
-            entry = run_batch(method, loop, forced, decode, rows)
-            entry["prefix_caching"] = settings.prefix_caching
-            results.append(entry)
-            print(
-                f"[rollout] {method} x{count}: {entry['dialogues_per_s']:.1f} dialogues/s, "
-                f"engine idle {entry['engine_idle_share']:.1%}, stops {entry['stop_reasons']}",
-                flush=True,
-            )
-    return {"settings": dataclasses.asdict(settings), "results": results}
+    results = []
+    with py_spy(Path(settings.profile) if settings.profile else None):
+        for repeat in range(settings.repeats):
+            for count in settings.dialogues:
+                rows = rows_for(count, settings.group, videos)
+                for method, (loop, decode) in loops.items():
+                    forced.script = scripts[method]
+                    entry = run_batch(method, loop, forced, decode, rows)
+                    entry.update(prefix_caching=settings.prefix_caching, repeat=repeat)
+                    results.append(entry)
+                    print(
+                        f"[rollout] {method} x{count} (repeat {repeat}): {entry['dialogues_per_s']:.1f} dialogues/s, "
+                        f"engine idle {entry['engine_idle_share']:.1%}, stops {entry['stop_reasons']}",
+                        flush=True,
+                    )
+    return {"settings": dataclasses.asdict(settings), "results": results, "medians": medians(results)}
+
+
+def find_py_spy() -> str | None:
+    """py-spy on PATH, or in the ``bin`` of a ``pip install --target`` folder on sys.path (the GPU host's)."""
+    candidates = [Path(entry) / "bin" / "py-spy" for entry in sys.path if entry]
+    return shutil.which("py-spy") or next((str(path) for path in candidates if path.is_file()), None)
+
+
+@contextlib.contextmanager
+def py_spy(out: Path | None) -> Iterator[None]:
+    """Sample this process and its children (vLLM's engine core) with py-spy while the block runs.
+
+    Writes ``out`` (py-spy's raw stacks) and ``out`` with ``.summary.txt`` (see ``profile_summary.py``). A
+    missing py-spy or one refused by the host (ptrace) costs the profile, never the benchmark.
+    """
+    if out is None:
+        yield
+        return
+    found = find_py_spy()
+    if found is None:
+        logger.warning("py-spy not found on PATH or beside sys.path; no profile")
+        yield
+        return
+    command = [found, "record", "--pid", str(os.getpid()), "--format", "raw", "--threads", "--subprocesses"]
+    command += ["--nonblocking", "--rate", "100", "--output", str(out)]
+    sampler = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    time.sleep(1.0)  # let it attach before the timed work starts
+    try:
+        yield
+    finally:
+        sampler.send_signal(signal.SIGINT)
+        log, _ = sampler.communicate(timeout=120)
+        if not out.is_file():
+            logger.warning("py-spy wrote no profile (exit %s): %s", sampler.returncode, log[-500:])
+        else:
+            with out.open() as handle:
+                summary = profile_summary.text(profile_summary.summarize(profile_summary.parse(handle), top=15))
+            out.with_suffix(".summary.txt").write_text(log[-300:] + "\n" + summary + "\n")
+
+
+def medians(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (batch size, method): the median of every number over the repeats, and the repeats' spread."""
+    groups: dict[tuple[int, str], list[dict[str, Any]]] = {}
+    for entry in results:
+        groups.setdefault((entry["dialogues"], entry["method"]), []).append(entry)
+    summary = []
+    for (count, method), entries in sorted(groups.items()):
+        row: dict[str, Any] = {"dialogues": count, "method": method, "repeats": len(entries)}
+        for key in MEDIAN_KEYS:
+            row[key] = statistics.median(entry[key] for entry in entries)
+        hits = [entry["engine"]["prefix_cache_hit_rate"] for entry in entries if "engine" in entry]
+        row["prefix_cache_hit_rate"] = statistics.median(hits) if hits else None
+        rates = [entry["dialogues_per_s"] for entry in entries]
+        row["dialogues_per_s_range"] = [min(rates), max(rates)]
+        row["prefix_caching"] = entries[0]["prefix_caching"]
+        summary.append(row)
+    return summary
+
+
+MEDIAN_KEYS = (
+    "wall_s",
+    "dialogues_per_s",
+    "generated_tokens_per_s",
+    "engine_idle_share",
+    "outside_generate_share_mean",
+    "decode_overlapping_engine_share",
+    "frames_used_mean",
+    "assistant_turns_mean",
+)
 
 
 def table(payload: dict[str, Any]) -> str:
-    """The printed summary: one row per (batch, method), then adaptive over single-turn throughput."""
+    """The printed summary: medians per (batch, method), then adaptive over single-turn throughput."""
     header = [
         "prefix cache",
         "dialogues",
         "method",
-        "dialogues/s",
+        "dialogues/s (range)",
         "gen tok/s",
         "engine idle",
         "outside generate",
@@ -400,14 +490,15 @@ def table(payload: dict[str, Any]) -> str:
         "turns",
     ]
     rows = []
-    for entry in payload["results"]:
-        hit = entry.get("engine", {}).get("prefix_cache_hit_rate")
+    for entry in payload["medians"]:
+        hit = entry["prefix_cache_hit_rate"]
+        low, high = entry["dialogues_per_s_range"]
         rows.append(
             [
                 "on" if entry["prefix_caching"] else "off",
                 entry["dialogues"],
                 entry["method"],
-                f"{entry['dialogues_per_s']:.2f}",
+                f"{entry['dialogues_per_s']:.2f} ({low:.2f}-{high:.2f})",
                 f"{entry['generated_tokens_per_s']:.0f}",
                 f"{entry['engine_idle_share']:.1%}",
                 f"{entry['outside_generate_share_mean']:.1%}",
@@ -421,13 +512,13 @@ def table(payload: dict[str, Any]) -> str:
     lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)), "  ".join("-" * w for w in widths)]
     lines += ["  ".join(str(c).rjust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
     by_batch: dict[int, dict[str, float]] = {}
-    for entry in payload["results"]:
+    for entry in payload["medians"]:
         by_batch.setdefault(entry["dialogues"], {})[entry["method"]] = entry["dialogues_per_s"]
     for count, rates in sorted(by_batch.items()):
         if {"adaptive", "single_turn"} <= rates.keys():
             lines.append(
                 f"{count} dialogues: adaptive runs at {rates['adaptive'] / rates['single_turn']:.2f}x the "
-                "dialogues/s of single-turn with the same frames (target >= 0.9)"
+                "dialogues/s of single-turn with the same frames (medians; target >= 0.9)"
             )
     return "\n".join(lines)
 
@@ -446,11 +537,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--videos", type=int, default=8)
     parser.add_argument("--prefix-caching", choices=("on", "off"), default="on")
     parser.add_argument("--warmup", type=int, default=8, help="untimed dialogues per method first")
+    parser.add_argument("--repeats", type=int, default=1, help="timed batches per (size, method); medians reported")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--decode-workers", type=int, default=DialogueConfig.decode_workers)
+    parser.add_argument("--enforce-eager", choices=("on", "off"), default="on", help="off: CUDA graphs, as verl")
+    parser.add_argument("--profile", action="store_true", help="py-spy the timed batches: OUT/profile_<name>.txt")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     work = args.work or args.out / "work"
     model = model_or_tiny(args.model, work)
+    name = f"rollout_{args.backend}_prefix_{args.prefix_caching}" + ("" if args.enforce_eager == "on" else "_graphs")
     settings = Settings(
         backend=args.backend,
         model=model,
@@ -462,16 +558,19 @@ def main(argv: Sequence[str] | None = None) -> None:
         videos=args.videos,
         prefix_caching=args.prefix_caching == "on",
         warmup=args.warmup,
+        repeats=args.repeats,
         seed=args.seed,
+        decode_workers=args.decode_workers,
+        enforce_eager=args.enforce_eager == "on",
+        profile=str(args.out / f"profile_{name}.txt") if args.profile else None,
     )
+    args.out.mkdir(parents=True, exist_ok=True)
     began = time.perf_counter()
     payload = run(settings, work)
     payload["seconds"] = time.perf_counter() - began
     payload["command"] = " ".join([Path(sys.executable).name, *sys.argv])
     text = table(payload)
     print(text)
-    args.out.mkdir(parents=True, exist_ok=True)
-    name = f"rollout_{args.backend}_prefix_{args.prefix_caching}"
     (args.out / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
     (args.out / f"{name}.txt").write_text(text + "\n")
     print(f"wrote {args.out / name}.json and .txt", flush=True)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import dataclasses
 import datetime
 import json
@@ -234,21 +233,14 @@ def append_jsonl(path: Path, item: Mapping[str, Any]) -> None:
 # Running
 
 
-def _in_flight(server: Any) -> contextlib.AbstractAsyncContextManager:
-    """The server's dialogue tracker if it batches across dialogues (OfflineVLLMServer), else nothing."""
-    track = getattr(server, "dialogue", None)
-    return track() if track is not None else contextlib.nullcontext()
-
-
 def _take_engine_stats(server: Any) -> dict[str, Any] | None:
-    """Engine counters since the last call, for servers that keep them (OfflineVLLMServer)."""
+    """Engine counters since the last call, for servers that keep them (AsyncVLLMServer)."""
     stats = getattr(server, "take_stats", None)
     return stats() if stats is not None else None
 
 
 async def _play_all(
     loop: SparseVideoAgentLoop,
-    server: Any,
     questions: Sequence[Mapping[str, Any]],
     sampling_params: Mapping[str, Any],
     batch_size: int,
@@ -258,7 +250,7 @@ async def _play_all(
     window = asyncio.Semaphore(batch_size)
 
     async def play(question: Mapping[str, Any]) -> tuple[Mapping[str, Any], AgentLoopOutput, float]:
-        async with window, _in_flight(server):
+        async with window:
             started = time.perf_counter()
             output = await loop.run(dict(sampling_params), extra_info=dict(question))
             return question, output, time.perf_counter() - started
@@ -296,9 +288,7 @@ def run_method(
         progress.update()
 
     try:
-        loop.loop.run_until_complete(
-            _play_all(loop, server, questions, settings.sampling_params, settings.batch_size, on_done)
-        )
+        loop.loop.run_until_complete(_play_all(loop, questions, settings.sampling_params, settings.batch_size, on_done))
     finally:
         progress.close()
     stats = _take_engine_stats(server)
@@ -365,17 +355,22 @@ def evaluate(settings: EvalSettings, make_server: Callable[[], Any], *, command:
     viewed = next((m for m in settings.methods if m.name == ADAPTIVE), settings.methods[0])
     sampled = frozenset(random.Random(settings.seed).sample(qids, min(settings.viewer_samples, len(qids))))
     server = None
-    for method in settings.methods:
-        done = latest_records(out / f"records_{method.name}.jsonl")
-        todo = [
-            q
-            for q in questions
-            if done.get(str(q["qid"]), {}).get("stop_reason", RETRIED_STOP_REASON) == RETRIED_STOP_REASON
-        ]
-        logger.info("%s: %d of %d questions already done", method.name, len(questions) - len(todo), len(questions))
-        if todo:
-            server = server if server is not None else make_server()
-            run_method(method, todo, server, settings, out, sampled if method is viewed else frozenset())
+    try:
+        for method in settings.methods:
+            done = latest_records(out / f"records_{method.name}.jsonl")
+            todo = [
+                q
+                for q in questions
+                if done.get(str(q["qid"]), {}).get("stop_reason", RETRIED_STOP_REASON) == RETRIED_STOP_REASON
+            ]
+            logger.info("%s: %d of %d questions already done", method.name, len(questions) - len(todo), len(questions))
+            if todo:
+                server = server if server is not None else make_server()
+                run_method(method, todo, server, settings, out, sampled if method is viewed else frozenset())
+    finally:
+        close = getattr(server, "close", None)  # the vLLM engine runs in its own process and thread
+        if close is not None:
+            close()
     return report(settings, out, qids, viewed, sampled, command)
 
 
@@ -515,9 +510,9 @@ def make_server(settings: EvalSettings) -> Any:
         from sparse_video_r1.hf_server import TransformersServer
 
         return TransformersServer(settings.model, device=settings.device, seed=settings.seed)
-    from sparse_video_r1.vllm_server import OfflineVLLMServer
+    from sparse_video_r1.vllm_server import AsyncVLLMServer
 
-    return OfflineVLLMServer.launch(
+    return AsyncVLLMServer.launch(
         settings.model,
         max_images=max(m.dialogue.max_images_per_prompt() for m in settings.methods),
         prompt_length=settings.prompt_length,

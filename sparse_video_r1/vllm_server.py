@@ -1,35 +1,36 @@
-"""vLLM's offline engine behind verl's ``generate`` contract, batching the turns of concurrent dialogues.
+"""vLLM's ``AsyncLLM`` behind verl's ``generate`` contract, for evaluation and benchmarks outside the trainer.
 
 Evaluation runs hundreds of dialogues at once through :class:`~sparse_video_r1.agent_loop.SparseVideoAgentLoop`,
-each awaiting one ``generate`` per turn. The offline ``vllm.LLM`` is fastest when it gets every prompt in one
-``generate`` call, so requests wait in a queue until every dialogue in flight is waiting for the model (or
-``max_wait_s`` has passed, so a slow video decode cannot stall the others), then go to vLLM together. Turn
-``t`` of all unfinished dialogues thus forms one batch. The driver reports dialogues in flight through
-:meth:`OfflineVLLMServer.dialogue`.
+each awaiting one ``generate`` per turn. Every request goes to the engine the moment its dialogue makes it,
+and vLLM's scheduler batches whatever is in flight at each step (continuous batching), as it does behind
+verl's own rollout server during training. So one dialogue's frame decoding overlaps the others' generation,
+and no dialogue waits for the slowest one of a batch.
 
-Requests are prepared and answered exactly as verl's own vLLM server prepares them
+Requests are prepared and answered exactly as verl's server prepares them
 (``verl.workers.rollout.vllm_rollout.vllm_async_server.vLLMHttpServer.generate``), so evaluation sees the
-model as training's rollouts do. vLLM is imported only by :meth:`OfflineVLLMServer.launch`; the module
-imports on a CPU machine.
+model as training's rollouts do. vLLM is imported only by :meth:`AsyncVLLMServer.launch`; the module imports
+on a CPU machine.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import itertools
 import logging
 import os
+import threading
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Coroutine
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from verl.workers.rollout.replica import TokenOutput
 from verl.workers.rollout.utils import get_vision_placeholder_token_ids, qwen2_5_vl_dedup_image_tokens
 
 logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 #: verl's worker extension: its ``monkey_patch_model`` masks tokens the model must never sample.
 VERL_WORKER_EXTENSION = "verl.workers.rollout.vllm_rollout.utils.vLLMColocateWorkerExtension"
@@ -37,62 +38,56 @@ VERL_WORKER_EXTENSION = "verl.workers.rollout.vllm_rollout.utils.vLLMColocateWor
 
 @dataclass
 class EngineStats:
-    """What the engine did: batch sizes show the batching works, cached tokens show prefix reuse across turns."""
+    """What the engine did: concurrency shows the batching works, cached tokens show prefix reuse across turns."""
 
-    batches: int = 0
     requests: int = 0
-    max_batch: int = 0
+    max_in_flight: int = 0
     prompt_tokens: int = 0
     cached_prompt_tokens: int = 0
     generated_tokens: int = 0
-    engine_seconds: float = 0.0
+    #: Wall time with at least one request in the engine.
+    busy_seconds: float = 0.0
+    #: Sum over requests of their time in the engine; over ``busy_seconds`` it is the mean number in flight.
+    request_seconds: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         stats = asdict(self)
-        stats["mean_batch"] = self.requests / self.batches if self.batches else 0.0
+        stats["mean_in_flight"] = self.request_seconds / self.busy_seconds if self.busy_seconds else 0.0
         stats["prefix_cache_hit_rate"] = self.cached_prompt_tokens / self.prompt_tokens if self.prompt_tokens else 0.0
         return stats
 
 
-@dataclass
-class _Request:
-    prompt: dict[str, Any]
-    params: Any
-    want_logprobs: bool
-    expanded_length: int
-    future: asyncio.Future = field(repr=False)
+class AsyncVLLMServer:
+    """Serves ``generate`` from a ``vllm.v1.engine.async_llm.AsyncLLM`` (or anything with its async ``generate``).
 
-
-class OfflineVLLMServer:
-    """Serves ``generate`` from an offline ``vllm.LLM`` (or anything with its ``generate(prompts, params)``).
-
-    ``make_sampling_params`` is ``vllm.SamplingParams`` in production; tests pass a stand-in. ``max_model_len``
-    and ``response_length`` bound ``max_tokens`` as verl's server bounds them. All engine calls run on one
-    worker thread, one batch at a time, so the event loop keeps decoding frames meanwhile.
+    The engine lives on its own event loop in a background thread, created there by ``make_engine``: vLLM
+    prepares a request's images synchronously when it is added, and on the callers' loop that work would
+    stall every other dialogue. Callers on any loop await their request's final output.
+    ``make_sampling_params`` is ``vllm.SamplingParams`` in production; tests pass a stand-in.
+    ``max_model_len`` and ``response_length`` bound ``max_tokens`` as verl's server bounds them.
     """
 
     def __init__(
         self,
-        llm: Any,
+        make_engine: Callable[[], Any],
         processor: Any,
         make_sampling_params: Callable[..., Any],
         *,
         max_model_len: int,
         response_length: int,
-        max_wait_s: float = 0.5,
     ) -> None:
-        self.llm = llm
         self.processor = processor
         self.make_sampling_params = make_sampling_params
         self.max_model_len = max_model_len
         self.response_length = response_length
-        self.max_wait_s = max_wait_s
         self.stats = EngineStats()
-        self._pending: list[_Request] = []
-        self._active = 0
-        self._changed = asyncio.Event()
-        self._flusher: asyncio.Task | None = None
-        self._engine_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="svr1-vllm")
+        self._request_numbers = itertools.count()
+        self._in_flight = 0
+        self._busy_since = 0.0
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="svr1-vllm", daemon=True)
+        self._thread.start()
+        self.engine = self.call(_construct(make_engine))
 
     @classmethod
     def launch(
@@ -104,8 +99,8 @@ class OfflineVLLMServer:
         response_length: int,
         seed: int = 0,
         engine_kwargs: dict[str, Any] | None = None,
-    ) -> OfflineVLLMServer:
-        """Start the engine with verl's rollout defaults; ``engine_kwargs`` override any ``vllm.LLM`` argument.
+    ) -> AsyncVLLMServer:
+        """Start the engine with verl's rollout defaults; ``engine_kwargs`` override any engine argument.
 
         ``max_images`` becomes ``limit_mm_per_prompt`` (size it with
         :meth:`~sparse_video_r1.config.DialogueConfig.max_images_per_prompt`) and the context holds
@@ -116,46 +111,59 @@ class OfflineVLLMServer:
         os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
         import vllm
         from verl.utils.tokenizer import hf_processor
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
 
-        max_model_len = prompt_length + response_length
         kwargs: dict[str, Any] = {
             "dtype": "bfloat16",
-            "max_model_len": max_model_len,
+            "max_model_len": prompt_length + response_length,
             "limit_mm_per_prompt": {"image": max_images},
             "enable_prefix_caching": True,
             "gpu_memory_utilization": 0.8,
             "seed": seed,
             "worker_extension_cls": VERL_WORKER_EXTENSION,
+            "disable_log_stats": True,
             **(engine_kwargs or {}),
         }
-        logger.info("starting vllm.LLM(%s, %s)", model_path, kwargs)
-        llm = vllm.LLM(str(model_path), **kwargs)
+        logger.info("starting AsyncLLM(%s, %s)", model_path, kwargs)
         processor = hf_processor(str(model_path))
+        server = cls(
+            lambda: AsyncLLM.from_engine_args(AsyncEngineArgs(model=str(model_path), **kwargs)),
+            processor,
+            vllm.SamplingParams,
+            max_model_len=kwargs["max_model_len"],
+            response_length=response_length,
+        )
         # verl bans the vision placeholders the same way: a sampled <|image_pad|> has no image behind it
         # and would break the next turn's prompt.
-        llm.collective_rpc(
-            "monkey_patch_model",
-            kwargs={
-                "vocab_size": len(processor.tokenizer),
-                "banned_token_ids": get_vision_placeholder_token_ids(processor),
-            },
+        server.call(
+            server.engine.collective_rpc(
+                "monkey_patch_model",
+                kwargs={
+                    "vocab_size": len(processor.tokenizer),
+                    "banned_token_ids": get_vision_placeholder_token_ids(processor),
+                },
+            )
         )
-        return cls(llm, processor, vllm.SamplingParams, max_model_len=max_model_len, response_length=response_length)
+        return server
+
+    def call(self, coroutine: Coroutine[Any, Any, _T]) -> _T:
+        """Run ``coroutine`` on the engine's loop and wait for it (from a thread not running that loop)."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
 
     def take_stats(self) -> dict[str, Any]:
         """The engine counters since the last call (evaluation reports them per method)."""
-        stats, self.stats = self.stats, EngineStats()
-        return stats.as_dict()
+        return self.call(self._swap_stats())
 
-    @contextlib.asynccontextmanager
-    async def dialogue(self) -> AsyncIterator[None]:
-        """Count a dialogue as in flight, so a batch goes out as soon as all of them wait for the model."""
-        self._active += 1
-        try:
-            yield
-        finally:
-            self._active -= 1
-            self._changed.set()
+    def close(self) -> None:
+        """Shut the engine down and stop its loop; the server serves no more requests."""
+        if not self._thread.is_alive():
+            return
+        shutdown = getattr(self.engine, "shutdown", None)
+        if shutdown is not None:
+            self._loop.call_soon_threadsafe(shutdown)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=60)
 
     async def generate(
         self,
@@ -169,21 +177,22 @@ class OfflineVLLMServer:
         mm_processor_kwargs: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> TokenOutput:
-        """Queue one request and wait for the batch it goes out with; ``prompt_ids`` carry expanded image pads."""
+        """Send one request to the engine and wait for its final output; ``prompt_ids`` carry expanded image pads."""
         if video_data or audio_data:
-            raise NotImplementedError("OfflineVLLMServer serves images only; send video frames as images")
+            raise NotImplementedError("AsyncVLLMServer serves images only; send video frames as images")
         params, want_logprobs = self._sampling_params(len(prompt_ids), sampling_params)
         prompt: dict[str, Any] = {"prompt_token_ids": qwen2_5_vl_dedup_image_tokens(list(prompt_ids), self.processor)}
         if image_data:
             prompt["multi_modal_data"] = {"image": list(image_data)}
         if mm_processor_kwargs:
             prompt["mm_processor_kwargs"] = mm_processor_kwargs
-        request = _Request(prompt, params, want_logprobs, len(prompt_ids), asyncio.get_running_loop().create_future())
-        self._pending.append(request)
-        self._changed.set()
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush())
-        return _token_output(await request.future, want_logprobs)
+        # A dialogue sends all its turns under one id (verl routes them to one server by it); the engine
+        # gets a fresh one per request, so a retried or overlapping turn can never collide with another.
+        engine_id = f"{request_id}-{next(self._request_numbers)}"
+        running = asyncio.run_coroutine_threadsafe(
+            self._complete(prompt, params, engine_id, len(prompt_ids)), self._loop
+        )
+        return _token_output(await asyncio.wrap_future(running), want_logprobs)
 
     def _sampling_params(self, prompt_length: int, requested: dict[str, Any]) -> tuple[Any, bool]:
         """verl's mapping: ``max_tokens`` clamped to the context left, ``logprobs`` as 0 (sampled token) or None."""
@@ -205,49 +214,50 @@ class OfflineVLLMServer:
         params.setdefault("ignore_eos", False)
         return self.make_sampling_params(max_tokens=max(1, min(max_tokens, room)), **params), want_logprobs
 
-    async def _flush(self) -> None:
-        """Send batches until no request is left; one ``llm.generate`` at a time."""
-        while self._pending:
-            await self._gather_batch()
-            batch, self._pending = self._pending, []
-            started = time.perf_counter()
-            try:
-                outputs = await asyncio.get_running_loop().run_in_executor(
-                    self._engine_thread, self._generate, [r.prompt for r in batch], [r.params for r in batch]
-                )
-            except Exception as error:
-                logger.exception("vLLM failed on a batch of %d requests", len(batch))
-                for request in batch:
-                    if not request.future.done():
-                        request.future.set_exception(error)
-                continue
-            self._count(batch, outputs, time.perf_counter() - started)
-            for request, output in zip(batch, outputs, strict=True):
-                if not request.future.done():
-                    request.future.set_result(output)
+    async def _complete(self, prompt: dict[str, Any], params: Any, engine_id: str, expanded_length: int) -> Any:
+        """On the engine's loop: stream one request to its end, counting it; returns its final ``RequestOutput``."""
+        started = self._enter()
+        final = None
+        try:
+            async for output in self.engine.generate(prompt, params, engine_id):
+                final = output
+        finally:
+            self._leave(started)
+        if final is None:
+            raise RuntimeError(f"the engine returned no output for request {engine_id}")
+        self.stats.requests += 1
+        self.stats.prompt_tokens += expanded_length
+        self.stats.cached_prompt_tokens += getattr(final, "num_cached_tokens", None) or 0
+        self.stats.generated_tokens += len(final.outputs[0].token_ids) if final.outputs else 0
+        return final
 
-    async def _gather_batch(self) -> None:
-        """Wait until every dialogue in flight has a request queued, or ``max_wait_s`` after the first one."""
-        deadline = asyncio.get_running_loop().time() + self.max_wait_s
-        while not (self._active and len(self._pending) >= self._active):
-            remaining = deadline - asyncio.get_running_loop().time()
-            if remaining <= 0:
-                return
-            self._changed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), remaining)
+    def _enter(self) -> float:
+        now = time.perf_counter()
+        if self._in_flight == 0:
+            self._busy_since = now
+        self._in_flight += 1
+        self.stats.max_in_flight = max(self.stats.max_in_flight, self._in_flight)
+        return now
 
-    def _generate(self, prompts: list[dict[str, Any]], params: list[Any]) -> Sequence[Any]:
-        return self.llm.generate(prompts, params, use_tqdm=False)
+    def _leave(self, started: float) -> None:
+        now = time.perf_counter()
+        self._in_flight -= 1
+        self.stats.request_seconds += now - started
+        if self._in_flight == 0:
+            self.stats.busy_seconds += now - self._busy_since
 
-    def _count(self, batch: list[_Request], outputs: Sequence[Any], seconds: float) -> None:
-        self.stats.batches += 1
-        self.stats.requests += len(batch)
-        self.stats.max_batch = max(self.stats.max_batch, len(batch))
-        self.stats.prompt_tokens += sum(request.expanded_length for request in batch)
-        self.stats.cached_prompt_tokens += sum(getattr(output, "num_cached_tokens", None) or 0 for output in outputs)
-        self.stats.generated_tokens += sum(len(output.outputs[0].token_ids) for output in outputs if output.outputs)
-        self.stats.engine_seconds += seconds
+    async def _swap_stats(self) -> dict[str, Any]:
+        stats, self.stats = self.stats, EngineStats(max_in_flight=self._in_flight)
+        if self._in_flight:  # a request still running: its busy stretch so far belongs to these stats
+            now = time.perf_counter()
+            stats.busy_seconds += now - self._busy_since
+            self._busy_since = now
+        return stats.as_dict()
+
+
+async def _construct(make_engine: Callable[[], _T]) -> _T:
+    """Build the engine inside the loop that will drive it, as verl's server does (vLLM binds to that loop)."""
+    return make_engine()
 
 
 def _token_output(output: Any, want_logprobs: bool) -> TokenOutput:

@@ -34,10 +34,12 @@ def test_rollout_benchmark_plays_both_methods_on_cpu(tiny_model_dir: Path, tmp_p
         videos=1,
         prefix_caching=True,
         warmup=1,
+        repeats=2,
         seed=0,
     )
     payload = rollout.run(settings, tmp_path)
-    by_method = {entry["method"]: entry for entry in payload["results"]}
+    assert len(payload["results"]) == 4  # 2 repeats x 2 methods, alternating
+    by_method = {entry["method"]: entry for entry in payload["results"] if entry["repeat"] == 0}
     adaptive, single = by_method["adaptive"], by_method["single_turn"]
     # The forced policy takes the multi-turn path: a request turn, then the answer, with equal frames.
     assert adaptive["assistant_turns_mean"] == 2 and single["assistant_turns_mean"] == 1
@@ -46,6 +48,10 @@ def test_rollout_benchmark_plays_both_methods_on_cpu(tiny_model_dir: Path, tmp_p
     for entry in (adaptive, single):
         assert entry["generated_tokens"] > 0 and entry["dialogues_per_s"] > 0
         assert 0 <= entry["engine_idle_share"] <= 1 and 0 <= entry["decode_overlapping_engine_share"] <= 1
+    for median in payload["medians"]:
+        rates = [e["dialogues_per_s"] for e in payload["results"] if e["method"] == median["method"]]
+        assert median["repeats"] == 2 and median["dialogues_per_s_range"] == [min(rates), max(rates)]
+        assert min(rates) <= median["dialogues_per_s"] <= max(rates)
     assert "adaptive runs at" in rollout.table(payload)
 
 
@@ -64,3 +70,25 @@ def test_actor_update_benchmark_runs_verls_worker_on_cpu_and_the_fused_path_is_n
     per_token, fused = results["per_token_log_probs"], results["fused_log_probs"]
     assert fused["mean_log_prob_difference"] < per_token["mean_log_prob_difference"]
     assert "float32_reference" in actor_update.table(payload)
+
+
+def test_profile_summary_groups_a_pool_and_merges_a_functions_lines() -> None:
+    import profile_summary
+
+    raw = [
+        'process 7:"python run.py";thread (11): MainThread;main (run.py:3);wait (threading.py:320) 2\n',
+        'process 7:"python run.py";thread (12): svr1-decode_0;work (frames.py:10);decode (frames.py:40) 5\n',
+        'process 7:"python run.py";thread (13): svr1-decode_1;work (frames.py:10);decode (frames.py:41) 3\n',
+        'process 7:"python run.py";thread (13);work (frames.py:10);convert (frames.py:60) 2\n',
+    ]
+    rows = profile_summary.summarize(profile_summary.parse(raw), top=5)
+    decode, main = rows
+    assert (decode["thread"], decode["samples"], decode["share_of_process"]) == ("svr1-decode", 10, 10 / 12)
+    assert decode["own"][0] == {"function": "decode (frames.py)", "share": 0.8}  # lines 40 and 41 merged
+    assert decode["inclusive"] == [  # work (frames.py) is in every stack: an entry point, left out
+        {"function": "decode (frames.py)", "share": 0.8},
+        {"function": "convert (frames.py)", "share": 0.2},
+    ]
+    assert (main["thread"], main["process"]) == ("MainThread", "python run.py")
+    with pytest.raises(ValueError, match="line 1"):
+        profile_summary.parse(["no count here\n"])

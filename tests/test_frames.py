@@ -314,6 +314,40 @@ def test_concurrent_fetches_from_many_threads_return_the_right_frames(clips: dic
     assert len(shared.open_paths) <= 2
 
 
+def test_threads_asking_for_an_unopened_video_at_once_share_one_reader(
+    clips: dict[str, Clip], broken: dict[str, Path]
+) -> None:
+    """A batch starts with every decode thread asking for the same few videos: each is opened once."""
+    shared = FrameSampler(min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS)
+    jobs = [(clips[name], [0.5 * i]) for i in range(4) for name in ("gop16", "ntsc")]
+    start = threading.Barrier(len(jobs))
+
+    def run(job: tuple[Clip, list[float]]) -> tuple[Clip, list[float], list[TimedFrame]]:
+        clip, timestamps = job
+        start.wait(timeout=10)
+        return clip, timestamps, shared.fetch(clip.path, timestamps)
+
+    with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
+        for clip, timestamps, result in pool.map(run, jobs):
+            assert_frames_match(result, clip, timestamps)
+    assert shared.stats().videos_opened == 2
+
+    path = broken["text"]  # opening fails: the scan finds no video stream
+    failing = threading.Barrier(4)
+
+    def fail(_: int) -> VideoError:
+        failing.wait(timeout=10)
+        with pytest.raises(VideoError) as caught:
+            shared.fetch(path, [0.0])
+        return caught.value
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        errors = list(pool.map(fail, range(4)))
+    assert all(error.path == str(path) for error in errors)  # the opener's error reaches every waiter
+    with pytest.raises(VideoError):  # and is not kept: a later call tries the file again
+        shared.fetch(path, [0.0])
+
+
 @pytest.fixture
 def slow_first_decode(monkeypatch: pytest.MonkeyPatch) -> Iterator[threading.Event]:
     """Make the first decode hang until released (the only test seam); later decodes are real."""

@@ -1,7 +1,8 @@
-"""OfflineVLLMServer's batching and request mapping, with a fake ``vllm.LLM`` (vLLM is not installed on CPU).
+"""AsyncVLLMServer's request mapping and continuous release, with a fake ``AsyncLLM`` (vLLM is not installed on CPU).
 
-The fake has vLLM's ``generate(prompts, sampling_params)`` signature and returns objects shaped like its
-``RequestOutput``; the real agent loop drives the server, so the prompts it sees are the ones vLLM would get.
+The fake has ``AsyncLLM.generate(prompt, sampling_params, request_id)``'s signature, streams objects shaped like
+vLLM's ``RequestOutput`` and takes a set time per request; the real agent loop drives the server, so the prompts
+it sees are the ones vLLM would get.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import sys
+import threading
 import types
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +24,7 @@ from sparse_video_r1.config import DialogueConfig
 from sparse_video_r1.data import preprocess_split, read_nextqa_split
 from sparse_video_r1.standalone import make_agent_loop
 from sparse_video_r1.synthetic_nextqa import write_nextqa_like_release
-from sparse_video_r1.vllm_server import VERL_WORKER_EXTENSION, OfflineVLLMServer
+from sparse_video_r1.vllm_server import VERL_WORKER_EXTENSION, AsyncVLLMServer
 
 FIXTURES = Path(__file__).parent / "fixtures" / "nextqa"
 OPTIONS = ["red", "green", "blue", "yellow", "black"]
@@ -52,40 +54,64 @@ class Logprob:
 class Completion:
     token_ids: list[int]
     logprobs: list[dict[int, Logprob]] | None
-    finish_reason: str
+    finish_reason: str | None
 
 
 @dataclass
 class RequestOutput:
     outputs: list[Completion]
+    finished: bool
     num_cached_tokens: int = 0
 
 
 @dataclass
-class FakeLLM:
-    """Answers like a policy that asks for frames once: a request while it has seen 2 frames, then an answer."""
+class FakeAsyncLLM:
+    """Answers like a policy that asks for frames once: a request while it has seen 2 frames, then an answer.
+
+    Each request takes ``seconds`` (``slow_seconds`` if its prompt mentions "Slow") and streams one partial
+    output before its final one. It records what it was sent, when, and on which thread.
+    """
 
     tokenizer: Any
-    batches: list[list[dict[str, Any]]] = field(default_factory=list)
-    params: list[FakeSamplingParams] = field(default_factory=list)
+    seconds: float = 0.05
+    slow_seconds: float = 0.05
     finish_reason: str = "stop"
+    fail_first: bool = False
+    prompts: list[dict[str, Any]] = field(default_factory=list)
+    params: list[FakeSamplingParams] = field(default_factory=list)
+    request_ids: list[str] = field(default_factory=list)
+    events: list[tuple[str, str]] = field(default_factory=list)
+    threads: set[str] = field(default_factory=set)
+    cancelled: list[str] = field(default_factory=list)
 
     def turn_ids(self, text: str) -> list[int]:
         return [*self.tokenizer.encode(text, add_special_tokens=False), self.tokenizer.eos_token_id]
 
-    def generate(self, prompts: list[dict[str, Any]], sampling_params: list[FakeSamplingParams], **kwargs: Any):
-        self.batches.append(prompts)
-        self.params.extend(sampling_params)
-        outputs = []
-        for prompt, params in zip(prompts, sampling_params, strict=True):
-            images = prompt.get("multi_modal_data", {}).get("image", [])
-            text = REQUEST if len(images) <= DIALOGUE.initial_frames else ANSWER
-            ids = self.turn_ids(text)[: params.max_tokens]
-            logprobs = (
-                [{token: Logprob(-0.5), token + 1: Logprob(-2.0)} for token in ids] if params.logprobs == 0 else None
-            )
-            outputs.append(RequestOutput([Completion(ids, logprobs, self.finish_reason)], num_cached_tokens=7))
-        return outputs
+    async def generate(self, prompt: dict[str, Any], sampling_params: FakeSamplingParams, request_id: str):
+        self.threads.add(threading.current_thread().name)
+        self.prompts.append(prompt)
+        self.params.append(sampling_params)
+        self.request_ids.append(request_id)
+        text_in = self.tokenizer.decode(prompt["prompt_token_ids"])
+        self.events.append(("start", text_in))
+        if self.fail_first and len(self.prompts) == 1:
+            raise RuntimeError("engine died")
+        images = prompt.get("multi_modal_data", {}).get("image", [])
+        ids = self.turn_ids(REQUEST if len(images) <= DIALOGUE.initial_frames else ANSWER)
+        ids = ids[: sampling_params.max_tokens]
+        logprobs = (
+            [{token: Logprob(-0.5), token + 1: Logprob(-2.0)} for token in ids]
+            if sampling_params.logprobs == 0
+            else None
+        )
+        try:
+            yield RequestOutput([Completion(ids[:1], None, None)], finished=False)
+            await asyncio.sleep(self.slow_seconds if "Slow" in text_in else self.seconds)
+        except asyncio.CancelledError:
+            self.cancelled.append(request_id)
+            raise
+        self.events.append(("end", text_in))
+        yield RequestOutput([Completion(ids, logprobs, self.finish_reason)], finished=True, num_cached_tokens=7)
 
 
 @pytest.fixture(scope="module")
@@ -93,90 +119,88 @@ def processor(tiny_model_dir: Path):
     return hf_processor(str(tiny_model_dir))
 
 
-def make_server(processor, llm: Any, **kwargs: Any) -> OfflineVLLMServer:
-    options = {"max_model_len": 4096, "response_length": 2048, "max_wait_s": 30.0, **kwargs}
-    return OfflineVLLMServer(llm, processor, FakeSamplingParams, **options)
+@pytest.fixture
+def make_server(processor):
+    servers = []
+
+    def factory(engine: Any, **kwargs: Any) -> AsyncVLLMServer:
+        options = {"max_model_len": 4096, "response_length": 2048, **kwargs}
+        servers.append(AsyncVLLMServer(lambda: engine, processor, FakeSamplingParams, **options))
+        return servers[-1]
+
+    yield factory
+    for server in servers:
+        server.close()
 
 
-def extra_info(video: Path, qid: str) -> dict[str, Any]:
-    return {"qid": qid, "video_path": str(video), "question": "What colour?", "options": OPTIONS, "answer": "C"}
+def extra_info(video: Path, qid: str, question: str = "What colour?") -> dict[str, Any]:
+    return {"qid": qid, "video_path": str(video), "question": question, "options": OPTIONS, "answer": "C"}
 
 
-def play(loop, server: OfflineVLLMServer, infos: list[dict[str, Any]], sampling_params: dict[str, Any]):
-    async def one(info: dict[str, Any]):
-        async with server.dialogue():
-            return await loop.run(dict(sampling_params), extra_info=info)
-
+def play(loop, infos: list[dict[str, Any]], sampling_params: dict[str, Any]):
     async def all_dialogues():
-        return await asyncio.gather(*(one(info) for info in infos))
+        return await asyncio.gather(*(loop.run(dict(sampling_params), extra_info=info) for info in infos))
 
     return loop.loop.run_until_complete(all_dialogues())
 
 
-def test_concurrent_dialogues_reach_vllm_one_batch_per_turn_with_deduplicated_image_pads(
-    tiny_model_dir, processor, make_video
+def test_concurrent_dialogues_reach_the_engine_together_with_deduplicated_image_pads(
+    tiny_model_dir, processor, make_video, make_server
 ):
-    llm = FakeLLM(processor.tokenizer)
-    server = make_server(processor, llm)
+    engine = FakeAsyncLLM(processor.tokenizer, seconds=0.5)
+    server = make_server(engine)
     loop = make_agent_loop(tiny_model_dir, server, DIALOGUE, prompt_length=2048, response_length=2048)
     videos = [make_video(num_frames=60, fps=10.0), make_video(num_frames=90, fps=10.0)]
     infos = [extra_info(videos[i % 2], f"q{i}") for i in range(5)]
-    outputs = play(loop, server, infos, {"temperature": 0.0, "logprobs": True})
+    outputs = play(loop, infos, {"temperature": 0.0, "logprobs": True})
 
-    assert [len(batch) for batch in llm.batches] == [5, 5]  # turn 1 of all five, then turn 2 of all five
     pad = processor.image_token_id
-    for batch, frames in zip(llm.batches, (2, 4), strict=True):
-        for prompt in batch:
-            ids = prompt["prompt_token_ids"]
-            assert len(prompt["multi_modal_data"]["image"]) == frames
-            assert sum(1 for token in ids if token == pad) == frames  # one pad per image: vLLM re-expands them
-            assert not any(a == b == pad for a, b in itertools.pairwise(ids))
+    frames_shown = sorted(len(prompt["multi_modal_data"]["image"]) for prompt in engine.prompts)
+    assert frames_shown == [2] * 5 + [4] * 5  # turn 1 of all five, then turn 2 of all five
+    for prompt in engine.prompts:
+        ids = prompt["prompt_token_ids"]
+        assert sum(1 for token in ids if token == pad) == len(prompt["multi_modal_data"]["image"])  # vLLM re-expands
+        assert not any(a == b == pad for a, b in itertools.pairwise(ids))
+    # The engine runs on the server's own loop thread, never on the dialogues' loop.
+    assert engine.threads == {"svr1-vllm"}
+    assert len(set(engine.request_ids)) == 10  # one engine id per request, though a dialogue keeps its own id
     for output in outputs:
         assert output.extra_fields["stop_reason"] == "answered"
         assert output.extra_fields["frames_used"] == 4
         assert len(output.response_logprobs) == len(output.response_ids)
     stats = server.take_stats()
-    assert (stats["batches"], stats["requests"], stats["max_batch"], stats["mean_batch"]) == (2, 10, 5, 5.0)
+    assert stats["requests"] == 10 and stats["max_in_flight"] == 5  # 0.5 s each: every dialogue's turn overlaps
+    assert stats["mean_in_flight"] > 2 and 0 < stats["busy_seconds"] <= stats["request_seconds"]
     assert stats["cached_prompt_tokens"] == 70
     assert stats["generated_tokens"] == sum(sum(output.response_mask) for output in outputs)
     # Counted as vLLM sees them once it re-expands each image: longer than the deduplicated ids.
-    assert stats["prompt_tokens"] > sum(len(p["prompt_token_ids"]) for batch in llm.batches for p in batch)
+    assert stats["prompt_tokens"] > sum(len(p["prompt_token_ids"]) for p in engine.prompts)
     assert stats["prefix_cache_hit_rate"] == 70 / stats["prompt_tokens"]
     assert server.take_stats()["requests"] == 0
 
 
-def test_a_dialogue_that_ends_early_does_not_hold_back_the_next_batch(tiny_model_dir, processor, make_video):
-    class AnswersQuickQuestionsAtOnce(FakeLLM):
-        def generate(self, prompts, sampling_params, **kwargs):
-            outputs = super().generate(prompts, sampling_params, **kwargs)
-            for prompt, output in zip(prompts, outputs, strict=True):
-                if "Quick" in self.tokenizer.decode(prompt["prompt_token_ids"]):
-                    output.outputs[0].token_ids = self.turn_ids(ANSWER)
-            return outputs
-
-    llm = AnswersQuickQuestionsAtOnce(processor.tokenizer)
-    server = make_server(processor, llm)  # max_wait_s=30: only the dialogue count can release a batch in time
+def test_each_dialogue_sends_its_next_turn_as_soon_as_it_is_ready(tiny_model_dir, processor, make_video, make_server):
+    """A dialogue whose turn takes long holds no one back: the others play both turns meanwhile."""
+    engine = FakeAsyncLLM(processor.tokenizer, seconds=0.05, slow_seconds=3.0)
+    server = make_server(engine)
     loop = make_agent_loop(tiny_model_dir, server, DIALOGUE, prompt_length=2048, response_length=2048)
     video = make_video(num_frames=60, fps=10.0)
-    infos = [
-        extra_info(video, "slow0"),
-        {**extra_info(video, "quick"), "question": "Quick?"},
-        extra_info(video, "slow1"),
-    ]
-    started = asyncio.get_event_loop().time()
-    outputs = play(loop, server, infos, {"temperature": 0.0})
-    assert asyncio.get_event_loop().time() - started < 10
-    assert [len(batch) for batch in llm.batches] == [3, 2]
-    assert [o.extra_fields["assistant_turns"] for o in outputs] == [2, 1, 2]
+    infos = [extra_info(video, "quick0"), extra_info(video, "slow", "Slow?"), extra_info(video, "quick1")]
+    outputs = play(loop, infos, {"temperature": 0.0})
+
+    assert [o.extra_fields["assistant_turns"] for o in outputs] == [2, 2, 2]
+    slow_turn_one_ends = next(i for i, (kind, text) in enumerate(engine.events) if kind == "end" and "Slow" in text)
+    quick_ends = [i for i, (kind, text) in enumerate(engine.events) if kind == "end" and "Slow" not in text]
+    assert len(quick_ends) == 4 and max(quick_ends) < slow_turn_one_ends
 
 
 def run(coroutine):
     return asyncio.new_event_loop().run_until_complete(coroutine)
 
 
-def test_sampling_params_and_outputs_follow_verls_vllm_server(processor):
-    llm = FakeLLM(processor.tokenizer)
-    server = make_server(processor, llm, max_model_len=100, response_length=30, max_wait_s=0.01)
+def test_sampling_params_and_outputs_follow_verls_vllm_server(processor, make_server):
+    engine = FakeAsyncLLM(processor.tokenizer, seconds=0.0)
+    server = make_server(engine, max_model_len=100, response_length=30)
 
     async def calls():
         asked = await server.generate(
@@ -187,7 +211,7 @@ def test_sampling_params_and_outputs_follow_verls_vllm_server(processor):
         return asked, default, last_room
 
     asked, default, last_room = run(calls())
-    first, second, third = llm.params
+    first, second, third = engine.params
     assert (first.max_tokens, first.temperature, first.logprobs) == (90, 0.3, 0)  # clamped to the context left
     assert (first.repetition_penalty, first.ignore_eos) == (1.0, False)
     assert (second.max_tokens, second.logprobs) == (30, None)  # no max_tokens: the response length
@@ -195,77 +219,97 @@ def test_sampling_params_and_outputs_follow_verls_vllm_server(processor):
     assert asked.log_probs == [-0.5] * len(asked.token_ids)  # the sampled token's logprob, not the runner-up's
     assert default.log_probs is None and last_room.log_probs is None
     assert asked.stop_reason == "completed" and asked.extra_fields["num_cached_tokens"] == 7
-    assert asked.token_ids[-1] == processor.tokenizer.eos_token_id
+    assert asked.token_ids[-1] == processor.tokenizer.eos_token_id  # the final output, not the streamed partial
     with pytest.raises(ValueError, match="no room"):
         run(server.generate("d", prompt_ids=[1] * 100, sampling_params={}))
 
 
 @pytest.mark.parametrize(("finish", "stop_reason"), [("length", "completed"), ("abort", "aborted")])
-def test_finish_reasons_map_as_in_verl(processor, finish, stop_reason):
-    llm = FakeLLM(processor.tokenizer, finish_reason=finish)
-    server = make_server(processor, llm, max_wait_s=0.01)
+def test_finish_reasons_map_as_in_verl(processor, make_server, finish, stop_reason):
+    server = make_server(FakeAsyncLLM(processor.tokenizer, seconds=0.0, finish_reason=finish))
     output = run(server.generate("a", prompt_ids=[1, 2, 3], sampling_params={"max_tokens": 4}))
     assert output.stop_reason == stop_reason
 
 
-def test_untracked_requests_go_out_together_after_max_wait(processor):
-    llm = FakeLLM(processor.tokenizer)
-    server = make_server(processor, llm, max_wait_s=0.05)
-
-    async def calls():
-        ids = [[1, 2, 3]] * 3
-        return await asyncio.gather(
-            *(server.generate(str(i), prompt_ids=p, sampling_params={"max_tokens": 3}) for i, p in enumerate(ids))
-        )
-
-    assert len(run(calls())) == 3
-    assert [len(batch) for batch in llm.batches] == [3]
+def test_an_engine_failure_fails_its_request_and_the_server_keeps_serving(processor, make_server):
+    server = make_server(FakeAsyncLLM(processor.tokenizer, seconds=0.0, fail_first=True))
+    with pytest.raises(RuntimeError, match="engine died"):
+        run(server.generate("first", prompt_ids=[1, 2], sampling_params={"max_tokens": 3}))
+    assert (
+        run(server.generate("again", prompt_ids=[1, 2], sampling_params={"max_tokens": 3})).stop_reason == "completed"
+    )
+    assert server.take_stats()["requests"] == 1
 
 
-def test_an_engine_failure_fails_its_batch_and_the_server_keeps_serving(processor):
-    class FailsOnce(FakeLLM):
-        def generate(self, prompts, sampling_params, **kwargs):
-            if not self.batches:
-                self.batches.append(prompts)
-                raise RuntimeError("engine died")
-            return super().generate(prompts, sampling_params, **kwargs)
+def test_a_cancelled_caller_cancels_its_request_in_the_engine(processor, make_server):
+    engine = FakeAsyncLLM(processor.tokenizer, seconds=30.0)
+    server = make_server(engine)
 
-    server = make_server(processor, FailsOnce(processor.tokenizer), max_wait_s=0.01)
+    async def cancel_midway():
+        task = asyncio.create_task(server.generate("gone", prompt_ids=[1, 2], sampling_params={"max_tokens": 3}))
+        while not engine.request_ids:
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        while not engine.cancelled:
+            await asyncio.sleep(0.01)
 
-    async def calls():
-        first = await asyncio.gather(
-            *(server.generate(str(i), prompt_ids=[1, 2], sampling_params={"max_tokens": 3}) for i in range(2)),
-            return_exceptions=True,
-        )
-        return first, await server.generate("again", prompt_ids=[1, 2], sampling_params={"max_tokens": 3})
-
-    failed, again = run(calls())
-    assert all(isinstance(error, RuntimeError) for error in failed)
-    assert again.stop_reason == "completed"
+    run(asyncio.wait_for(cancel_midway(), 10))
+    assert engine.cancelled == engine.request_ids
 
 
-class LaunchedLLM(FakeLLM):
-    """``vllm.LLM`` as :meth:`OfflineVLLMServer.launch` calls it: the constructor's arguments and RPCs recorded."""
+class LaunchedAsyncLLM(FakeAsyncLLM):
+    """``AsyncLLM`` as :meth:`AsyncVLLMServer.launch` builds it: the engine arguments, RPCs and shutdown recorded."""
 
-    launched: ClassVar[list[LaunchedLLM]] = []
+    launched: ClassVar[list[LaunchedAsyncLLM]] = []
 
-    def __init__(self, model: str, **kwargs: Any) -> None:
-        super().__init__(hf_processor(model).tokenizer)
-        self.model, self.kwargs = model, kwargs
-        self.rpcs: list[tuple[str, dict[str, Any]]] = []
-        LaunchedLLM.launched.append(self)
+    def __init__(self, args: FakeEngineArgs) -> None:
+        super().__init__(hf_processor(args.model).tokenizer, seconds=0.2)
+        self.args = args
+        self.rpcs: list[tuple[str, dict[str, Any], str]] = []
+        self.shut_down = False
+        LaunchedAsyncLLM.launched.append(self)
 
-    def collective_rpc(self, method: str, timeout: float | None = None, args: tuple = (), kwargs: Any = None):
-        self.rpcs.append((method, kwargs))
+    @classmethod
+    def from_engine_args(cls, args: FakeEngineArgs) -> LaunchedAsyncLLM:
+        asyncio.get_running_loop()  # vLLM binds its output handler to the loop it is built in
+        return cls(args)
+
+    async def collective_rpc(self, method: str, timeout: float | None = None, args: tuple = (), kwargs: Any = None):
+        self.rpcs.append((method, kwargs, threading.current_thread().name))
         return [None]
+
+    def shutdown(self) -> None:
+        self.shut_down = True
+
+
+class FakeEngineArgs:
+    def __init__(self, model: str, **kwargs: Any) -> None:
+        self.model, self.kwargs = model, kwargs
+
+
+def module(name: str, **attributes: Any) -> types.ModuleType:
+    made = types.ModuleType(name)
+    made.__dict__.update(attributes)
+    return made
 
 
 @pytest.fixture
-def fake_vllm(monkeypatch):
-    """A ``vllm`` module holding the fakes; vLLM itself needs a GPU."""
-    LaunchedLLM.launched.clear()
-    monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(LLM=LaunchedLLM, SamplingParams=FakeSamplingParams))
-    return LaunchedLLM
+def fake_vllm(monkeypatch) -> type[LaunchedAsyncLLM]:
+    """The ``vllm`` modules that ``launch`` imports, holding the fakes; vLLM itself needs a GPU."""
+    LaunchedAsyncLLM.launched.clear()
+    fakes = {
+        "vllm": module("vllm", SamplingParams=FakeSamplingParams),
+        "vllm.engine": module("vllm.engine"),
+        "vllm.engine.arg_utils": module("vllm.engine.arg_utils", AsyncEngineArgs=FakeEngineArgs),
+        "vllm.v1": module("vllm.v1"),
+        "vllm.v1.engine": module("vllm.v1.engine"),
+        "vllm.v1.engine.async_llm": module("vllm.v1.engine.async_llm", AsyncLLM=LaunchedAsyncLLM),
+    }
+    for name, fake in fakes.items():
+        monkeypatch.setitem(sys.modules, name, fake)
+    return LaunchedAsyncLLM
 
 
 def test_evaluate_runs_every_method_through_one_launched_engine(tiny_model_dir, processor, fake_vllm, tmp_path):
@@ -280,22 +324,25 @@ def test_evaluate_runs_every_method_through_one_launched_engine(tiny_model_dir, 
     assert settings.backend == "vllm"
     results = evaluate.evaluate(settings, lambda: evaluate.make_server(settings))
 
-    [llm] = fake_vllm.launched
-    kwargs = llm.kwargs
-    assert llm.model == str(tiny_model_dir.resolve())
+    [engine] = fake_vllm.launched
+    kwargs = engine.args.kwargs
+    assert engine.args.model == str(tiny_model_dir.resolve())
     assert kwargs["limit_mm_per_prompt"] == {"image": 8}  # the largest method's frames: uniform_8
     assert kwargs["max_model_len"] == settings.prompt_length + settings.response_length
     assert (kwargs["enforce_eager"], kwargs["gpu_memory_utilization"], kwargs["max_num_seqs"]) == (True, 0.3, 64)
     assert kwargs["enable_prefix_caching"] and kwargs["worker_extension_cls"] == VERL_WORKER_EXTENSION
     # As verl's server does: the worker extension masks the vision placeholders so they are never sampled.
     banned = [processor.image_token_id, processor.video_token_id]
-    assert llm.rpcs == [("monkey_patch_model", {"vocab_size": len(processor.tokenizer), "banned_token_ids": banned})]
+    expected = {"vocab_size": len(processor.tokenizer), "banned_token_ids": banned}
+    assert engine.rpcs == [("monkey_patch_model", expected, "svr1-vllm")]
+    assert engine.shut_down  # evaluate closes the engine when it is done
     n = results["settings"]["questions"]
     for name, method in results["methods"].items():
         assert method["metrics"]["n"] == n, name
-        [engine] = method["engine_runs"]
-        # All questions of a turn go out in one batch: two turns for adaptive (request, answer), one per baseline.
-        assert (engine["batches"], engine["max_batch"]) == ((2, n) if name == "adaptive" else (1, n)), name
+        [stats] = method["engine_runs"]
+        # Two requests per question for adaptive (request, answer), one per baseline; the questions overlap.
+        assert stats["requests"] == (2 * n if name == "adaptive" else n), name
+        assert stats["max_in_flight"] > 1, name
     adaptive = results["methods"]["adaptive"]["metrics"]
     assert (adaptive["stop_reasons"], adaptive["frames_used_mean"]) == ({"answered": n}, 4)
     assert results["methods"]["uniform_2"]["metrics"]["stop_reasons"] == {"max_turns": n}  # it asked; it may not
