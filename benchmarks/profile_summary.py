@@ -4,9 +4,10 @@
     python benchmarks/profile_summary.py PROFILE.txt [--top 12] [--out SUMMARY.json]
 
 py-spy's raw format is one collapsed stack per line, ``process PID:"cmd";thread (TID): name;frame;...;frame N``
-(root first, N samples). Threads are grouped by name without their number (``svr1-decode_3`` ->
-``svr1-decode``), so a pool reads as one line, and a function's lines are merged. Without ``--idle``,
-py-spy only samples threads that run, so the shares are of CPU work, not of wall time.
+(root first, N samples; a child process's stacks start with its parents'). Threads are grouped by name
+without their number or a bracketed detail (``svr1-decode_3`` -> ``svr1-decode``), so a pool reads as one
+line, and a function's lines are merged. Without ``--idle``, py-spy only samples threads that run, so the
+shares are of CPU work, not of wall time.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 
 _THREAD = re.compile(r"thread \((\d+)\)(?::\s*(.*))?")
 _POOL_NUMBER = re.compile(r"_\d+$")
+_DETAIL = re.compile(r"\s*\[.*\]$")  # "decode-decoding frames [3, 9]" -> one group for every such thread
 _LINE = re.compile(r":\d+\)$")  # "f (x.py:12)" -> "f (x.py)": one entry per function
 
 
@@ -49,13 +51,15 @@ def parse(lines: Iterable[str]) -> dict[tuple[str, str], ThreadGroup]:
         if not stack or not count.isdigit():
             raise ValueError(f"line {number} is not a py-spy raw stack ('frames count'): {line[:120]!r}")
         frames = stack.split(";")
-        process = frames.pop(0) if frames[0].startswith("process ") else "process ?"
+        process = "process ?"
+        while frames and frames[0].startswith("process "):  # a child's stack names its parents first
+            process = frames.pop(0)
         thread = "?"
         if frames and (match := _THREAD.fullmatch(frames[0])):
             frames.pop(0)
             thread = match.group(1)
             if match.group(2):
-                names[thread] = _POOL_NUMBER.sub("", match.group(2).strip())
+                names[thread] = _POOL_NUMBER.sub("", _DETAIL.sub("", match.group(2).strip()))
         stacks.append((process, thread, [_LINE.sub(")", frame) for frame in frames], int(count)))
     groups: dict[tuple[str, str], ThreadGroup] = defaultdict(ThreadGroup)
     for process, thread, frames, samples in stacks:

@@ -279,6 +279,7 @@ def run_batch(
 ) -> dict[str, Any]:
     """One timed batch: throughput, engine idle share, per-dialogue time outside ``generate``, decode overlap."""
     loop.sampler.close()  # a fresh frame cache and fresh readers, as for a new batch of questions
+    sampler_before = dataclasses.asdict(loop.sampler.stats())  # the sampler counts from its creation
     forced.engine.clear()
     decode.clear()
     take_stats = getattr(forced.inner, "take_stats", None)
@@ -313,7 +314,7 @@ def run_batch(
         "frames_used_mean": sum(output.extra_fields.get("frames_used", 0) for output in outputs) / len(outputs),
         "assistant_turns_mean": sum(output.extra_fields.get("assistant_turns", 0) for output in outputs) / len(outputs),
         "stop_reasons": stops,
-        "sampler": dataclasses.asdict(loop.sampler.stats()),
+        "sampler": {k: v - sampler_before[k] for k, v in dataclasses.asdict(loop.sampler.stats()).items()},
     }
     if take_stats is not None:
         entry["engine"] = take_stats()

@@ -461,7 +461,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--gpu-memory-utilization", type=float, default=0.8, help="vllm backend")
     parser.add_argument("--tensor-parallel-size", type=int, default=1, help="vllm backend")
     parser.add_argument("--enforce-eager", action="store_true", help="vllm backend: no CUDA graphs")
-    parser.add_argument("--vllm-kwargs", type=json.loads, default={}, help="JSON of further vllm.LLM arguments")
+    parser.add_argument("--vllm-kwargs", type=json.loads, default={}, help="JSON of further vLLM engine arguments")
     args = parser.parse_args(argv)
     if args.limit is not None and args.limit < 1:
         parser.error("--limit must be >= 1")

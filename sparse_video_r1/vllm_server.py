@@ -159,11 +159,22 @@ class AsyncVLLMServer:
         """Shut the engine down and stop its loop; the server serves no more requests."""
         if not self._thread.is_alive():
             return
+        try:
+            self.call(self._shut_down())
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=60)
+
+    async def _shut_down(self) -> None:
+        """Stop the engine, then let the tasks it leaves on this loop (its output handlers) finish cancelling."""
         shutdown = getattr(self.engine, "shutdown", None)
         if shutdown is not None:
-            self._loop.call_soon_threadsafe(shutdown)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=60)
+            shutdown()
+        leftover = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        for task in leftover:
+            task.cancel()
+        if leftover:
+            await asyncio.wait(leftover, timeout=10)
 
     async def generate(
         self,

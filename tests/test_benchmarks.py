@@ -48,6 +48,11 @@ def test_rollout_benchmark_plays_both_methods_on_cpu(tiny_model_dir: Path, tmp_p
     for entry in (adaptive, single):
         assert entry["generated_tokens"] > 0 and entry["dialogues_per_s"] > 0
         assert 0 <= entry["engine_idle_share"] <= 1 and 0 <= entry["decode_overlapping_engine_share"] <= 1
+    for method in ("adaptive", "single_turn"):  # each batch reports its own decoding, not the running total
+        first, second = (e["sampler"] for e in payload["results"] if e["method"] == method)
+        for stats in (first, second):  # how many frames decoding took varies with the threads' timing
+            assert (stats["requests"], stats["frames_served"], stats["videos_opened"]) == (first["requests"], 8, 1)
+            assert stats["frames_decoded"] >= stats["frames_served"] - stats["cache_hits"] > 0
     for median in payload["medians"]:
         rates = [e["dialogues_per_s"] for e in payload["results"] if e["method"] == median["method"]]
         assert median["repeats"] == 2 and median["dialogues_per_s_range"] == [min(rates), max(rates)]
@@ -80,10 +85,14 @@ def test_profile_summary_groups_a_pool_and_merges_a_functions_lines() -> None:
         'process 7:"python run.py";thread (12): svr1-decode_0;work (frames.py:10);decode (frames.py:40) 5\n',
         'process 7:"python run.py";thread (13): svr1-decode_1;work (frames.py:10);decode (frames.py:41) 3\n',
         'process 7:"python run.py";thread (13);work (frames.py:10);convert (frames.py:60) 2\n',
+        'process 7:"python run.py";thread (14): decode-decoding frames [4, 9];work (frames.py:10) 1\n',
+        'process 7:"python run.py";process 8:"VLLM::EngineCore";thread (15): MainThread;step (core.py:1) 4\n',
     ]
     rows = profile_summary.summarize(profile_summary.parse(raw), top=5)
-    decode, main = rows
-    assert (decode["thread"], decode["samples"], decode["share_of_process"]) == ("svr1-decode", 10, 10 / 12)
+    decode, engine, main, one_off = rows
+    assert (decode["thread"], decode["samples"], decode["share_of_process"]) == ("svr1-decode", 10, 10 / 13)
+    assert (engine["process"], engine["share_of_process"]) == ("VLLM::EngineCore", 1.0)  # a child: its own process
+    assert (one_off["thread"], one_off["samples"]) == ("decode-decoding frames", 1)
     assert decode["own"][0] == {"function": "decode (frames.py)", "share": 0.8}  # lines 40 and 41 merged
     assert decode["inclusive"] == [  # work (frames.py) is in every stack: an entry point, left out
         {"function": "decode (frames.py)", "share": 0.8},

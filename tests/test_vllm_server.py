@@ -259,6 +259,32 @@ def test_a_cancelled_caller_cancels_its_request_in_the_engine(processor, make_se
     assert engine.cancelled == engine.request_ids
 
 
+def test_close_shuts_the_engine_down_and_lets_its_tasks_finish(processor):
+    @dataclass
+    class WithOutputHandler(FakeAsyncLLM):
+        """Like vLLM's AsyncLLM, it starts a task on the loop it is built in."""
+
+        shut_down: bool = False
+
+        def __post_init__(self) -> None:
+            self.handler = asyncio.get_running_loop().create_task(asyncio.sleep(3600))
+
+        def shutdown(self) -> None:
+            self.shut_down = True
+
+    server = AsyncVLLMServer(
+        lambda: WithOutputHandler(processor.tokenizer, seconds=0.0),
+        processor,
+        FakeSamplingParams,
+        max_model_len=64,
+        response_length=8,
+    )
+    assert run(server.generate("a", prompt_ids=[1, 2], sampling_params={"max_tokens": 2})).stop_reason == "completed"
+    server.close()
+    assert server.engine.shut_down and server.engine.handler.cancelled()
+    server.close()  # a second close does nothing
+
+
 class LaunchedAsyncLLM(FakeAsyncLLM):
     """``AsyncLLM`` as :meth:`AsyncVLLMServer.launch` builds it: the engine arguments, RPCs and shutdown recorded."""
 
