@@ -406,12 +406,6 @@ def play_methods(
     return {"settings": dataclasses.asdict(settings), "results": results, "medians": medians(results)}
 
 
-def find_py_spy() -> str | None:
-    """py-spy on PATH, or in the ``bin`` of a ``pip install --target`` folder on sys.path (the GPU host's)."""
-    candidates = [Path(entry) / "bin" / "py-spy" for entry in sys.path if entry]
-    return shutil.which("py-spy") or next((str(path) for path in candidates if path.is_file()), None)
-
-
 @contextlib.contextmanager
 def py_spy(out: Path | None) -> Iterator[None]:
     """Sample this process and its children (vLLM's engine core) with py-spy while the block runs.
@@ -422,9 +416,9 @@ def py_spy(out: Path | None) -> Iterator[None]:
     if out is None:
         yield
         return
-    found = find_py_spy()
+    found = shutil.which("py-spy")  # scripts/gpu/bench_rollout.sh puts the staged one on PATH
     if found is None:
-        logger.warning("py-spy not found on PATH or beside sys.path; no profile")
+        logger.warning("py-spy not found on PATH; no profile")
         yield
         return
     command = [found, "record", "--pid", str(os.getpid()), "--format", "raw", "--threads", "--subprocesses"]

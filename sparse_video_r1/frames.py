@@ -585,21 +585,18 @@ class FrameSampler:
 
         Opening scans every packet of the file in Python. When a batch starts, every decode thread asks for
         the same few videos at once; each opening its own reader (all but one then thrown away) made opening
-        38.6 % of the rollout process's CPU on the GPU host, the scans' per-packet GIL hand-offs convoying.
+        47.9 % of the rollout benchmark's CPU on the GPU host, the scans' per-packet GIL hand-offs convoying.
         """
         with self._lock:
             video = self._videos.get(key)
             if video is not None:
                 self._videos.move_to_end(key)
                 return video
-            opening = self._opening.get(key)
-            if opening is None:
+            waiting = self._opening.get(key)
+            if waiting is None:
                 opening = self._opening[key] = futures.Future()
-                opener = True
-            else:
-                opener = False
-        if not opener:
-            return opening.result()  # the opener's error, if it failed, is this caller's too
+        if waiting is not None:
+            return waiting.result()  # the opener's error, if it failed, is this caller's too
         try:
             video = self._load(key)  # outside the lock: opening one video must not block fetches from others
         except BaseException as error:
