@@ -36,6 +36,9 @@ _T = TypeVar("_T")
 #: Room kept for a final short answer turn when deciding whether another observation still fits.
 ANSWER_ROOM_TOKENS = 32
 
+#: Special tokens that only the environment may write: each stands for (part of) an image or video.
+VISION_SPECIAL_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
+
 #: The whole user turn of a failed sample whose question does not fit the prompt length even without frames.
 UNAVAILABLE_TEXT = "This sample could not be shown."
 
@@ -60,6 +63,20 @@ class _Tokens:
     logprobs: list[float] = field(default_factory=list)
     messages: list[dict[str, Any]] = field(default_factory=list)
     images: list[Image.Image] = field(default_factory=list)
+    #: The server's ``TokenOutput.extra_fields`` (weights version tags), kept as verl's own loops keep them.
+    server_fields: dict[str, Any] = field(default_factory=dict)
+    vision_tokens_removed: int = 0
+
+    def record_server_fields(self, fields: Mapping[str, Any]) -> None:
+        """Keep the first turn's fields and the last turn's weights version, as verl's ``ToolAgentLoop`` does.
+
+        verl's v1 trainer reads ``min_global_steps``/``max_global_steps`` of every sample (the weights
+        versions a dialogue was generated with) and fails on a sample that lacks them.
+        """
+        if not self.server_fields:
+            self.server_fields.update(fields)
+        elif fields.get("max_global_steps") is not None:
+            self.server_fields["max_global_steps"] = fields["max_global_steps"]
 
 
 class SparseVideoAgentLoop(AgentLoopBase):
@@ -72,14 +89,16 @@ class SparseVideoAgentLoop(AgentLoopBase):
         self.response_length: int = self.rollout_config.response_length
         self.sampler, self.decode_pool = shared_environment(self.dialogue)
         self.end_of_turn_ids = _end_of_turn_ids(self.tokenizer)
+        self.vision_token_ids = vision_token_ids(self.tokenizer)
 
     async def run(self, sampling_params: dict[str, Any], **kwargs: Any) -> AgentLoopOutput:
         sample = VideoQA.from_extra_info(kwargs.get("extra_info") or {})
         episode = Episode(sample, self.dialogue, self.sampler)
         tokens = _Tokens()
         timing = {"generate_sequences": 0.0, "tool_calls": 0.0}
+        priority = int(kwargs.get("priority", 0))
         try:
-            await self._play(episode, tokens, sampling_params, timing)
+            await self._play(episode, tokens, sampling_params, timing, priority)
         except VideoError as error:
             logger.warning("sample %s: %s", sample.qid, error)
             episode.fail(error)
@@ -88,10 +107,21 @@ class SparseVideoAgentLoop(AgentLoopBase):
             episode.fail(error)
         if not tokens.ids:
             await self._open_without_video(episode, tokens)
+        if tokens.server_fields.get("min_global_steps") is None and kwargs.get("global_steps") is not None:
+            # The sample never reached the model. verl's v1 sync trainer rolls out step k with the weights it
+            # synced after step k-1 (``update_weights(global_steps)`` at each step's end), so that is the
+            # version this sample would have used.
+            version = int(kwargs["global_steps"]) - 1
+            tokens.server_fields.update(min_global_steps=version, max_global_steps=version)
         return self._output(episode, tokens, timing, want_logprobs=bool(sampling_params.get("logprobs")))
 
     async def _play(
-        self, episode: Episode, tokens: _Tokens, sampling_params: dict[str, Any], timing: dict[str, float]
+        self,
+        episode: Episode,
+        tokens: _Tokens,
+        sampling_params: dict[str, Any],
+        timing: dict[str, float],
+        priority: int = 0,
     ) -> None:
         messages = await self._in_pool(timing, episode.start)
         self._assert_mm_supported(True)
@@ -106,13 +136,25 @@ class SparseVideoAgentLoop(AgentLoopBase):
             params = {**sampling_params, "max_tokens": min(self.dialogue.max_tokens_per_turn, room)}
             started = time.perf_counter()
             output = await self.server_manager.generate(
-                request_id=request_id, prompt_ids=tokens.ids, sampling_params=params, image_data=list(tokens.images)
+                request_id=request_id,
+                prompt_ids=tokens.ids,
+                sampling_params=params,
+                image_data=list(tokens.images),
+                priority=priority,
             )
             timing["generate_sequences"] += time.perf_counter() - started
-            await self._append_assistant(tokens, output.token_ids, output.log_probs)
-            text = self.tokenizer.decode(output.token_ids, skip_special_tokens=True)
+            tokens.record_server_fields(output.extra_fields)
+            token_ids, log_probs, removed = cut_at_vision_tokens(
+                output.token_ids, output.log_probs, self.vision_token_ids
+            )
+            await self._append_assistant(tokens, token_ids, log_probs)
+            text = self.tokenizer.decode(token_ids, skip_special_tokens=True)
             tokens.messages = [*tokens.messages, {"role": "assistant", "content": text}]
-            if not output.token_ids or output.token_ids[-1] not in self.end_of_turn_ids:
+            if removed:
+                tokens.vision_tokens_removed += removed
+                episode.reject_turn("vision_tokens")
+                break
+            if not token_ids or token_ids[-1] not in self.end_of_turn_ids:
                 episode.cut_off()
                 break
             observation = await self._in_pool(timing, episode.step, text)
@@ -201,8 +243,9 @@ class SparseVideoAgentLoop(AgentLoopBase):
             # The sample ended before the model spoke: one masked pad token keeps the batch's shapes uniform.
             prompt_ids, response_ids, response_mask = tokens.ids, [self.tokenizer.pad_token_id], [0]
             logprobs = [0.0] if want_logprobs else []
-        summary = episode.summary()
+        summary = {**tokens.server_fields, **episode.summary()}
         summary["env_seconds"] = timing["tool_calls"]
+        summary["vision_tokens_removed"] = tokens.vision_tokens_removed
         observations = sum(1 for message in tokens.messages[2:] if message["role"] == "user")
         return AgentLoopOutput(
             prompt_ids=prompt_ids,
@@ -233,6 +276,29 @@ def only_last_turn(response_mask: list[int]) -> list[int]:
     while start and response_mask[start - 1]:
         start -= 1
     return [0] * start + response_mask[start:end] + [0] * (len(response_mask) - end)
+
+
+def cut_at_vision_tokens(
+    token_ids: list[int], log_probs: list[float] | None, vision_ids: frozenset[int]
+) -> tuple[list[int], list[float] | None, int]:
+    """Cut a generated turn before its first vision special token; return the kept part and the count removed.
+
+    A model can *generate* ``<|image_pad|>`` and its kin (EasyR1 #110, verl #3469). Left in the stream,
+    verl's post-processing re-runs the processor on the decoded text and finds more image placeholders
+    than images, which fails the batch (or, worse, misaligns features). The tokens before the first one
+    are the model's and stay trained; the turn then ends the dialogue as ``invalid_turn``.
+    """
+    for position, token in enumerate(token_ids):
+        if token in vision_ids:
+            kept_logprobs = log_probs[:position] if log_probs else log_probs
+            return list(token_ids[:position]), kept_logprobs, len(token_ids) - position
+    return list(token_ids), log_probs, 0
+
+
+def vision_token_ids(tokenizer: Any) -> frozenset[int]:
+    """Ids of the Qwen-VL vision special tokens this tokenizer knows (see :data:`VISION_SPECIAL_TOKENS`)."""
+    ids = {tokenizer.convert_tokens_to_ids(token) for token in VISION_SPECIAL_TOKENS}
+    return frozenset(i for i in ids if isinstance(i, int) and i != tokenizer.unk_token_id)
 
 
 def _end_of_turn_ids(tokenizer: Any) -> frozenset[int]:

@@ -13,6 +13,8 @@ model turn / fault                      outcome
 valid answer                            dialogue ends, ``answered``
 invalid / ambiguous turn (incl. empty)  dialogue ends, ``invalid_turn``; the parser's slug in
                                         ``invalid_reason`` (the reward's format term is 0)
+vision special tokens in a turn's ids   dialogue ends, ``invalid_turn`` / ``vision_tokens`` (decided by
+                                        the caller, who sees tokens; it cuts the turn before them)
 frame request on the last turn, or      dialogue ends, ``max_turns``
 when requests are disabled (baseline)
 timestamps < 0 or past the end          clamped to the video, counted in ``clamped_timestamps``
@@ -218,6 +220,15 @@ class Episode:
         """The caller could not fit the opening prompt into the context: no frame was shown, and it ends."""
         self.frames.clear()
         self.stop(StopReason.CONTEXT_LIMIT)
+
+    def reject_turn(self, reason: str) -> None:
+        """The caller found the turn invalid where the text parser cannot see it (e.g. in its tokens); it ends."""
+        if reason not in protocol.TOKEN_INVALID_REASONS:
+            raise ValueError(f"unknown invalid reason {reason!r}; known: {protocol.TOKEN_INVALID_REASONS}")
+        self.turns += 1
+        self.invalid_turns += 1
+        self.invalid_reason = reason
+        self.stop(StopReason.INVALID_TURN)
 
     def cut_off(self) -> None:
         """The caller saw the turn hit ``max_tokens`` before its end-of-turn token: it counts, and ends."""

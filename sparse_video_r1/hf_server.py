@@ -225,6 +225,8 @@ class ScriptedServer:
         self.tokenizer = tokenizer
         self.policy: ScriptPolicy = policy if callable(policy) else self._replay(list(policy))
         self.prompts: list[list[int]] = []
+        #: The weights version each output is tagged with, as verl's server client tags it; tests move it.
+        self.global_steps: int | None = None
         self._turns: defaultdict[str, int] = defaultdict(int)
 
     @staticmethod
@@ -258,6 +260,6 @@ class ScriptedServer:
             token_ids.append(self.tokenizer.eos_token_id)
         token_ids = token_ids[: params.max_tokens]
         log_probs = [0.0] * len(token_ids) if params.logprobs else None
-        return TokenOutput(
-            token_ids=token_ids, log_probs=log_probs, stop_reason="completed", extra_fields=dict(_CLIENT_EXTRA_FIELDS)
-        )
+        version = self.global_steps
+        fields = {"global_steps": version, "min_global_steps": version, "max_global_steps": version}
+        return TokenOutput(token_ids=token_ids, log_probs=log_probs, stop_reason="completed", extra_fields=fields)

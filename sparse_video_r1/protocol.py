@@ -50,6 +50,9 @@ more than :data:`MAX_PARSED_TIMESTAMPS` items in one tag       ``Invalid("too_ma
 ``<answer>Z</answer>``, ``E`` with 4 options, ``a dog``,       ``Invalid("bad_answer")``
 ``Apple``, empty answer, an unreadable second answer
 ``<answer>A</answer><answer>B</answer>``                       ``Invalid("multiple_answers")``
+a turn whose *tokens* hold ``<|image_pad|>`` or another vision   ``"vision_tokens"`` (decided by the agent
+special token (invisible in decoded text)                      loop, which sees tokens; the turn is cut
+                                                               before the first one)
 =============================================================  ==========================================
 
 Checks run in the table's order from ``empty`` down, so a reply with two faults reports the first
@@ -92,6 +95,9 @@ INVALID_REASONS: tuple[str, ...] = (
     "bad_answer",
     "multiple_answers",
 )
+
+#: Invalid reasons the caller decides from a turn's token ids, which the text parser never sees.
+TOKEN_INVALID_REASONS: tuple[str, ...] = ("vision_tokens",)
 
 
 @dataclass(frozen=True)

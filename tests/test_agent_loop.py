@@ -10,6 +10,7 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -223,3 +224,56 @@ def test_last_turn_only_ablation_masks_every_turn_but_the_final_answer(
     (output,) = run_loop(loop, [row(make_video(num_frames=60, fps=FPS))])
     assert output.extra_fields["assistant_turns"] == 2
     assert model_turns(tokenizer, output) == [ANSWER]
+
+
+def test_outputs_carry_the_weights_versions_verls_v1_trainer_reads(
+    tiny_model_dir, tokenizer_and_processor, make_video, tmp_path
+):
+    """verl's v1 trainer builds ``np.array([tag["min_global_steps"] ...], dtype=int)`` over every sample."""
+    tokenizer, _ = tokenizer_and_processor
+    server = ScriptedServer(tokenizer, [])
+
+    def policy(prompt_ids: list[int], turn: int, request_id: str) -> str:
+        server.global_steps = 3 + turn  # a weight update lands between the two turns
+        return [REQUEST, ANSWER][turn]
+
+    server.policy = policy
+    loop = make_loop(tiny_model_dir, tokenizer_and_processor, server)
+    rows = [row(make_video(num_frames=60, fps=FPS)), row(tmp_path / "nope.mp4", "gone")]
+
+    async def both():
+        return await asyncio.gather(*(loop.run({"temperature": 1.0}, global_steps=5, **r) for r in rows))
+
+    played, failed = loop.loop.run_until_complete(both())
+    assert (played.extra_fields["min_global_steps"], played.extra_fields["max_global_steps"]) == (3, 4)
+    # Never reached the model: the version the sync trainer's step 5 rolls out with (synced after step 4).
+    assert (failed.extra_fields["min_global_steps"], failed.extra_fields["max_global_steps"]) == (4, 4)
+    tags = [output.extra_fields for output in (played, failed)]
+    assert np.array([tag["min_global_steps"] for tag in tags], dtype=int).tolist() == [3, 4]
+
+
+@pytest.mark.parametrize("special", ["<|image_pad|>", "<|vision_start|>", "<|video_pad|>"])
+def test_a_turn_that_writes_vision_tokens_is_cut_before_them_and_ends_invalid(
+    tiny_model_dir, tokenizer_and_processor, make_video, special
+):
+    """A policy forced to emit vision special tokens never desynchronises image tokens from images."""
+    tokenizer, processor = tokenizer_and_processor
+    forced = f"<think>look</think>{special}{special}<frames>1.0</frames>"
+    loop = make_loop(tiny_model_dir, tokenizer_and_processor, ScriptedServer(tokenizer, [REQUEST, forced]))
+    (output,) = run_loop(loop, [row(make_video(num_frames=60, fps=FPS))])
+    fields = output.extra_fields
+    assert fields["stop_reason"] == StopReason.INVALID_TURN.value
+    assert fields["invalid_reason"] == "vision_tokens"
+    assert fields["assistant_turns"] == 2
+    # Both forced tokens, the request text after them and the end-of-turn token are removed.
+    removed = len(tokenizer.encode(f"{special}{special}<frames>1.0</frames>", add_special_tokens=False)) + 1
+    assert fields["vision_tokens_removed"] == removed
+    assert model_turns(tokenizer, output) == [REQUEST, "<think>look</think>"]
+    images = output.multi_modal_data["images"]
+    assert image_pad_runs(tokenizer, output.prompt_ids + output.response_ids) == len(images) == 4
+    # verl's own post-processing re-runs the processor on the decoded ids: features match placeholders.
+    internal, _ = to_training_batch([output], tokenizer, processor, 1024, 1024)
+    inputs = internal[0].multi_modal_inputs
+    assert int(inputs["image_grid_thw"].prod(dim=1).sum()) // 4 == int(
+        (internal[0].input_ids == processor.image_token_id).sum()
+    )
