@@ -28,8 +28,9 @@ setup(
         *VERL_AGENT_LOOP_RUNTIME,
     ],
     extras_require={
-        # The GPU training stack: vLLM 0.24.0 and torch 2.11 as verl 0.9.1 pins them.
-        "gpu": ["verl[vllm]==0.9.1"],
+        # The GPU training stack: vLLM 0.24.0 and torch 2.11 as verl 0.9.1 pins them, and TransferQueue, which
+        # verl's default (v1) trainer imports but verl's own requirements do not bring.
+        "gpu": ["verl[vllm]==0.9.1", "transferqueue==0.1.11"],
         "test": ["pytest>=8", "hypothesis>=6", "ruff>=0.6"],
     },
 )

@@ -79,6 +79,18 @@ overrides=(
   "trainer.test_freq=25"
 )
 
+# verl's defaults assume flash-attn 2 (remove-padding, flash_attention_2); `pip install -e ".[gpu]"` does not bring it.
+# Without it, attention falls back to torch's sdpa on padded batches (log-probs stay fused: configs/*.yaml).
+# ATTENTION=flash_attention_2|sdpa|eager forces a choice; the default detects flash-attn.
+ATTENTION=${ATTENTION:-$(python3 -c "import flash_attn" >/dev/null 2>&1 && echo flash_attention_2 || echo sdpa)}
+if [ "$ATTENTION" != flash_attention_2 ]; then
+  echo "attention: ${ATTENTION} without remove-padding (flash-attn not in use on this node)" >&2
+  overrides+=(
+    "actor_rollout_ref.model.use_remove_padding=False"
+    "+actor_rollout_ref.model.override_config.attn_implementation=${ATTENTION}"
+  )
+fi
+
 if [ "${PRINT_OVERRIDES:-0}" = 1 ]; then
   printf '%s\n' "${overrides[@]}" "$@"
   exit 0

@@ -12,23 +12,74 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 from pathlib import Path
 from typing import Any
 
-#: verl metric keys copied per step (missing ones are reported as null).
-VERL_KEYS = {
+#: verl metric keys copied per step (missing ones are reported as null); a tuple lists the names the key has
+#: in verl's legacy trainer and in its v1 trainer, first found wins.
+VERL_KEYS: dict[str, str | tuple[str, ...]] = {
     "reward_mean": "critic/score/mean",
     "num_turns_mean": "num_turns/mean",
+    "prompt_length_mean": "prompt_length/mean",
     "response_length_mean": "response_length/mean",
+    "response_length_max": "response_length/max",
     "generation_s": "timing_s/gen",
+    "reward_s": "timing_s/reward",
+    "old_log_prob_s": "timing_s/old_log_prob",
+    "ref_s": "timing_s/ref",
+    "adv_s": "timing_s/adv",
     "update_actor_s": "timing_s/update_actor",
+    "update_weights_s": "timing_s/update_weights",
     "step_s": "timing_s/step",
-    "actor_peak_gpu_memory_allocated_gb": "actor/perf/max_memory_allocated_gb",
-    "actor_peak_gpu_memory_reserved_gb": "actor/perf/max_memory_reserved_gb",
+    "total_tokens": "perf/total_num_tokens",
+    "tokens_per_s_per_gpu": "perf/throughput",
+    "actor_mfu": ("perf/mfu/actor", "actor/mfu"),
+    "actor_peak_gpu_memory_allocated_gb": ("actor/perf/max_memory_allocated_gb", "perf/max_memory_allocated_gb"),
+    "actor_peak_gpu_memory_reserved_gb": ("actor/perf/max_memory_reserved_gb", "perf/max_memory_reserved_gb"),
     "actor_pg_loss": "actor/pg_loss",
     "actor_entropy": "actor/entropy",
 }
+
+#: Lines of vLLM's log that say how it used its share of the GPU.
+VLLM_LOG_PATTERNS = {
+    "vllm_weights_gib": re.compile(r"Model loading took ([0-9.]+) GiB"),
+    "vllm_kv_cache_gib": re.compile(r"Available KV cache memory: ([0-9.]+) GiB"),
+    "vllm_kv_cache_tokens": re.compile(r"GPU KV cache size: ([0-9,]+) tokens"),
+}
+
+
+def verl_value(data: dict[str, Any], key: str | tuple[str, ...]) -> Any:
+    for name in (key,) if isinstance(key, str) else key:
+        if name in data:
+            return data[name]
+    return None
+
+
+def vllm_memory(*logs: Path) -> dict[str, float | None]:
+    """vLLM's own report of its weights and KV cache (first match in the console or Ray worker logs)."""
+    text = "\n".join(log.read_text(errors="replace") for log in logs if log.is_file())
+    found: dict[str, float | None] = {}
+    for name, pattern in VLLM_LOG_PATTERNS.items():
+        match = pattern.search(text)
+        found[name] = float(match.group(1).replace(",", "")) if match else None
+    return found
+
+
+def gpu_memory(csv_path: Path) -> dict[str, float] | None:
+    """Peak and total of ``nvidia-smi --query-gpu=timestamp,memory.used,memory.total,...`` samples (MiB)."""
+    if not csv_path.is_file():
+        return None
+    used, total = [], []
+    for line in csv_path.read_text().splitlines()[1:]:
+        fields = [field.strip() for field in line.split(",")]
+        if len(fields) >= 3 and fields[1].isdigit():
+            used.append(int(fields[1]))
+            total.append(int(fields[2]))
+    if not used:
+        return None
+    return {"samples": len(used), "peak_used_gib": max(used) / 1024, "total_gib": max(total) / 1024}
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -51,6 +102,11 @@ def rollout_stats(samples: list[dict[str, Any]]) -> dict[str, float]:
         "share_requested_frames": statistics.fmean(float(s["requested_frames"] > 0) for s in samples),
         "share_multi_turn": statistics.fmean(float(s["assistant_turns"] > 1) for s in samples),
         "multi_turn_samples": sum(1 for s in samples if s["assistant_turns"] > 1),
+        # Every turn of the dialogue parsed: it did not end on an unreadable or cut-off turn.
+        "share_all_turns_parsed": (
+            1.0 - mean("stop/invalid_turn") - mean("stop/truncated") if "stop/truncated" in samples[0] else None
+        ),
+        **{key: mean(key) for key in sorted(samples[0]) if key.startswith("stop/")},
     }
 
 
@@ -60,7 +116,7 @@ def summarize(run: Path) -> dict[str, Any]:
     for step in sorted(metrics):
         data = metrics[step]
         row: dict[str, Any] = {"step": step}
-        row.update({name: data.get(key) for name, key in VERL_KEYS.items()})
+        row.update({name: verl_value(data, key) for name, key in VERL_KEYS.items()})
         dump = run / "rollouts" / f"{step}.jsonl"
         if dump.is_file():
             row.update(rollout_stats(read_jsonl(dump)))
@@ -72,6 +128,8 @@ def summarize(run: Path) -> dict[str, Any]:
         "steps_completed": len(steps),
         "command": command.read_text().strip() if command.is_file() else None,
         "sft": json.loads(sft.read_text()) if sft.is_file() else None,
+        "vllm": vllm_memory(run / "grpo.log", run / "vllm_memory.log"),
+        "gpu_memory": gpu_memory(run / "gpu_memory.csv"),
         "totals": {
             "multi_turn_samples_trained": sum(row["multi_turn_samples"] for row in with_dumps),
             "samples_trained": sum(row["samples"] for row in with_dumps),

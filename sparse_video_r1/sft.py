@@ -37,7 +37,7 @@ import logging
 import random
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -60,13 +60,31 @@ class SFTConfig:
     model: str
     traces: str
     out: str
-    epochs: int = 3
-    lr: float = 1e-4
-    grad_accumulation: int = 1
-    seed: int = 0
-    device: str = "cuda" if torch.cuda.is_available() else "cpu"
-    #: bfloat16 halves memory for real models on GPU; float32 is exact and fine for small models.
-    dtype: str = "bfloat16" if torch.cuda.is_available() else "float32"
+    epochs: int = field(default=3, metadata={"help": "passes over the traces"})
+    lr: float = field(default=1e-4, metadata={"help": "AdamW learning rate (constant after warm-up)"})
+    grad_accumulation: int = field(default=1, metadata={"help": "dialogues per optimizer step"})
+    seed: int = field(default=0, metadata={"help": "shuffling and initialisation seed"})
+    device: str = field(
+        default="cuda" if torch.cuda.is_available() else "cpu", metadata={"help": "torch device to train on"}
+    )
+    dtype: str = field(
+        default="bfloat16" if torch.cuda.is_available() else "float32",
+        metadata={
+            "help": "dtype of the weights and AdamW states: bfloat16 needs 8 bytes a parameter (a 7B fits one "
+            "80 GB GPU), float32 16 (with --autocast bfloat16: exact updates, 3B fits one 80 GB GPU)"
+        },
+    )
+    autocast: str | None = field(
+        default=None,
+        metadata={"help": "compute dtype under torch.autocast (bfloat16 with float32 weights = mixed precision)"},
+    )
+    warmup_steps: int = field(
+        default=0, metadata={"help": "optimizer steps of linear learning-rate warm-up (deep models need some)"}
+    )
+    max_grad_norm: float | None = field(default=None, metadata={"help": "clip the gradient norm to this"})
+    gradient_checkpointing: bool = field(
+        default=False, metadata={"help": "recompute activations in backward: long dialogues of big models fit"}
+    )
 
 
 @dataclass(frozen=True)
@@ -163,23 +181,40 @@ def train(config: SFTConfig, dialogue: DialogueConfig) -> dict[str, Any]:
     processor = AutoProcessor.from_pretrained(config.model)
     dtype = getattr(torch, config.dtype)
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(config.model, dtype=dtype).to(config.device)
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
     sampler = FrameSampler.from_config(dialogue)
     examples = [encode_dialogue(processor, *replay(trace, dialogue, sampler)) for trace in read_traces(config.traces)]
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr)
+    warmup = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
+    )
+    autocast = torch.autocast(
+        device_type=torch.device(config.device).type,
+        dtype=getattr(torch, config.autocast or config.dtype),
+        enabled=config.autocast is not None,
+    )
     losses: list[float] = []
+    tokens_trained = 0
     started = time.perf_counter()
     for epoch in range(config.epochs):
         rng.shuffle(examples)
         for step, example in enumerate(examples, start=1):
             batch = {key: value.to(config.device) for key, value in example.items()}
-            loss = model(**batch).loss
+            with autocast:
+                loss = model(**batch).loss
             (loss / config.grad_accumulation).backward()
             losses.append(loss.item())
+            tokens_trained += int((example["labels"] != IGNORE_INDEX).sum())
             if step % config.grad_accumulation == 0 or step == len(examples):
+                if config.max_grad_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
                 optimizer.step()
+                warmup.step()
                 optimizer.zero_grad(set_to_none=True)
         logger.info("epoch %d: mean loss %.4f", epoch + 1, sum(losses[-len(examples) :]) / len(examples))
+    seconds = time.perf_counter() - started
     out = Path(config.out)
     model.save_pretrained(out)
     processor.save_pretrained(out)
@@ -189,7 +224,10 @@ def train(config: SFTConfig, dialogue: DialogueConfig) -> dict[str, Any]:
         "examples": len(examples),
         "first_epoch_loss": sum(losses[: len(examples)]) / len(examples),
         "last_epoch_loss": sum(losses[-len(examples) :]) / len(examples),
-        "seconds": time.perf_counter() - started,
+        "seconds": seconds,
+        "assistant_tokens_trained": tokens_trained,
+        "parameters": sum(parameter.numel() for parameter in model.parameters()),
+        "peak_gpu_memory_gb": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
     }
     (out / "sft_metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
@@ -278,6 +316,25 @@ def _make_traces(args: argparse.Namespace, dialogue: DialogueConfig) -> None:
     logger.info("wrote %d traces (%d with requests, %d uniform) to %s", len(traces), requested, uniform, args.out)
 
 
+def _config_fields(cls: type) -> list[str]:
+    return [spec.name for spec in fields(cls) if "help" in spec.metadata]
+
+
+def _add_config_arguments(parser: argparse.ArgumentParser, cls: type, skip: Sequence[str] = ()) -> None:
+    """One ``--flag`` per documented config field: the dataclass stays the one declaration of each setting."""
+    for spec in fields(cls):
+        if spec.name in skip or "help" not in spec.metadata:
+            continue
+        flag = "--" + spec.name.replace("_", "-")
+        if spec.type in ("bool", bool):
+            parser.add_argument(
+                flag, action=argparse.BooleanOptionalAction, default=spec.default, help=spec.metadata["help"]
+            )
+            continue
+        kind = {"int": int, "float": float}.get(str(spec.type).split(" ")[0], str)
+        parser.add_argument(flag, type=kind, default=spec.default, help=spec.metadata["help"])
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dialogue", default="{}", help="DialogueConfig fields as JSON")
@@ -295,11 +352,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     fit.add_argument("--model", required=True)
     fit.add_argument("--traces", required=True)
     fit.add_argument("--out", required=True)
-    fit.add_argument("--epochs", type=int, default=SFTConfig.epochs)
-    fit.add_argument("--lr", type=float, default=SFTConfig.lr)
-    fit.add_argument("--seed", type=int, default=SFTConfig.seed)
-    fit.add_argument("--grad-accumulation", type=int, default=SFTConfig.grad_accumulation)
-    fit.add_argument("--dtype", choices=["bfloat16", "float32"], default=SFTConfig.dtype)
+    _add_config_arguments(fit, SFTConfig, skip=("model", "traces", "out"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     dialogue = from_mapping(DialogueConfig, json.loads(args.dialogue))
@@ -307,14 +360,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         _make_traces(args, dialogue)
     else:
         config = SFTConfig(
-            args.model,
-            args.traces,
-            args.out,
-            epochs=args.epochs,
-            lr=args.lr,
-            seed=args.seed,
-            grad_accumulation=args.grad_accumulation,
-            dtype=args.dtype,
+            args.model, args.traces, args.out, **{name: getattr(args, name) for name in _config_fields(SFTConfig)}
         )
         logger.info("SFT done: %s", json.dumps(train(config, dialogue)))
 

@@ -96,11 +96,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--videos", type=int, default=16, help="videos per split")
     parser.add_argument("--fps", type=float, default=4.0)
     parser.add_argument("--max-seconds", type=float, default=60.0)
+    parser.add_argument("--width", type=int, default=64, help="frame width (NExT-QA's videos are mostly 640)")
+    parser.add_argument("--height", type=int, default=48, help="frame height (NExT-QA's: mostly 480)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     splits = dict(item.split("=", 1) for item in args.split)
     write_nextqa_like_release(
-        args.annotations, args.out, splits, videos_per_split=args.videos, fps=args.fps, max_seconds=args.max_seconds
+        args.annotations,
+        args.out,
+        splits,
+        videos_per_split=args.videos,
+        fps=args.fps,
+        max_seconds=args.max_seconds,
+        width=args.width,
+        height=args.height,
     )
 
 

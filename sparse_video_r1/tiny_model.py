@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 import logging
 import random
+import time
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -216,6 +218,39 @@ def build_processor(tokenizer: Qwen2Tokenizer) -> Qwen2_5_VLProcessor:
     )
 
 
+@dataclass(frozen=True)
+class ModelShape:
+    """The dimensions of a Qwen2.5-VL: what sets its memory and speed, whatever its weights are."""
+
+    text_hidden: int
+    text_intermediate: int
+    text_layers: int
+    text_heads: int
+    text_kv_heads: int
+    vision_hidden: int
+    vision_intermediate: int
+    vision_depth: int
+    vision_heads: int
+    fullatt_block_indexes: tuple[int, ...]
+    #: Rows of the embedding and LM head; None = the tokenizer's size rounded up to 64.
+    vocab_size: int | None = None
+    tie_word_embeddings: bool = False
+    max_position_embeddings: int = 32768
+
+
+#: ``tiny`` is the 1.3M-parameter test model. ``3b`` and ``7b`` are the published dimensions of
+#: Qwen/Qwen2.5-VL-3B-Instruct and Qwen/Qwen2.5-VL-7B-Instruct (their ``config.json`` on the Hugging Face
+#: hub: text hidden/intermediate/layers/heads/KV heads, tied embeddings, vocabulary rows; vision depth
+#: 32, width 1280, MLP 3420, 16 heads, full attention in blocks 7/15/23/31, window 112). The embedding
+#: and LM head keep the real row counts, so they cost what they really cost, while the token ids are
+#: this module's small tokenizer's: rows past it are never produced by the processor.
+SHAPES: dict[str, ModelShape] = {
+    "tiny": ModelShape(128, 256, 2, 4, 2, 64, 128, 2, 2, (1,)),
+    "3b": ModelShape(2048, 11008, 36, 16, 2, 1280, 3420, 32, 16, (7, 15, 23, 31), 151936, True, 128000),
+    "7b": ModelShape(3584, 18944, 28, 28, 4, 1280, 3420, 32, 16, (7, 15, 23, 31), 152064, False, 128000),
+}
+
+
 def build_config(
     tokenizer: Qwen2Tokenizer,
     *,
@@ -223,41 +258,50 @@ def build_config(
     text_layers: int = 2,
     vision_hidden: int = 64,
     vision_depth: int = 2,
+    shape: ModelShape | None = None,
 ) -> Qwen2_5_VLConfig:
-    """Small Qwen2.5-VL config whose token ids are the tokenizer's (vLLM reads them from the config)."""
-    heads, kv_heads = 4, 2
-    head_dim = text_hidden // heads
+    """A Qwen2.5-VL config whose token ids are the tokenizer's (vLLM reads them from the config).
+
+    ``shape`` gives every dimension; without it, a tiny shape is made from the four widths and depths.
+    """
+    if shape is None:
+        shape = ModelShape(
+            text_hidden, 2 * text_hidden, text_layers, 4, 2, vision_hidden, 2 * vision_hidden, vision_depth, 2,
+            (vision_depth - 1,),
+        )  # fmt: skip
+    head_dim = shape.text_hidden // shape.text_heads
     if head_dim % 2 or head_dim < 8:
-        raise ValueError(f"text_hidden={text_hidden} gives head_dim={head_dim}; need an even head_dim >= 8")
-    # mrope splits head_dim/2 rotary frequencies over (t, h, w); Qwen uses 1/4, 3/8, 3/8.
+        raise ValueError(f"text_hidden={shape.text_hidden} gives head_dim={head_dim}; need an even head_dim >= 8")
+    # mrope splits head_dim/2 rotary frequencies over (t, h, w); Qwen uses 1/4, 3/8, 3/8 ([16, 24, 24] at 128).
     half = head_dim // 2
     mrope_section = [half // 4, (half - half // 4) // 2, half - half // 4 - (half - half // 4) // 2]
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
-    vocab_size = -(-len(tokenizer) // 64) * 64
+    vocab_size = shape.vocab_size or -(-len(tokenizer) // 64) * 64
+    if vocab_size < len(tokenizer):
+        raise ValueError(f"vocab_size={vocab_size} is smaller than the tokenizer ({len(tokenizer)} tokens)")
     text_config = {
         "vocab_size": vocab_size,
-        "hidden_size": text_hidden,
-        "intermediate_size": 2 * text_hidden,
-        "num_hidden_layers": text_layers,
-        "num_attention_heads": heads,
-        "num_key_value_heads": kv_heads,
-        "max_position_embeddings": 32768,
-        "max_window_layers": text_layers,
+        "hidden_size": shape.text_hidden,
+        "intermediate_size": shape.text_intermediate,
+        "num_hidden_layers": shape.text_layers,
+        "num_attention_heads": shape.text_heads,
+        "num_key_value_heads": shape.text_kv_heads,
+        "max_position_embeddings": shape.max_position_embeddings,
+        "max_window_layers": shape.text_layers,
         "rms_norm_eps": 1e-6,
         "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": mrope_section},
         "bos_token_id": ids["<|endoftext|>"],
         "eos_token_id": ids["<|im_end|>"],
         "pad_token_id": ids["<|endoftext|>"],
-        "tie_word_embeddings": False,
+        "tie_word_embeddings": shape.tie_word_embeddings,
     }
-    vision_heads = 2
     vision_config = {
-        "depth": vision_depth,
-        "hidden_size": vision_hidden,
-        "intermediate_size": 2 * vision_hidden,
-        "num_heads": vision_heads,
-        "out_hidden_size": text_hidden,
-        "fullatt_block_indexes": [vision_depth - 1],
+        "depth": shape.vision_depth,
+        "hidden_size": shape.vision_hidden,
+        "intermediate_size": shape.vision_intermediate,
+        "num_heads": shape.vision_heads,
+        "out_hidden_size": shape.text_hidden,
+        "fullatt_block_indexes": list(shape.fullatt_block_indexes),
         "window_size": 112,
         "patch_size": 14,
         "spatial_merge_size": 2,
@@ -271,7 +315,7 @@ def build_config(
         video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"],
         vision_end_token_id=ids["<|vision_end|>"],
-        tie_word_embeddings=False,
+        tie_word_embeddings=shape.tie_word_embeddings,
     )
 
 
@@ -284,8 +328,14 @@ def build_tiny_qwen2_5_vl(
     vision_hidden: int = 64,
     vision_depth: int = 2,
     vocab_corpus: Iterable[str] | None = None,
+    shape: ModelShape | None = None,
+    device: str = "cpu",
 ) -> Path:
-    """Write a loadable random Qwen2.5-VL (bf16 weights, tokenizer, processor, generation config) to ``out_dir``."""
+    """Write a loadable random Qwen2.5-VL (bf16 weights, tokenizer, processor, generation config) to ``out_dir``.
+
+    ``shape`` (e.g. ``SHAPES["3b"]``) builds a stand-in of a real size; ``device="cuda"`` draws its random
+    weights on the GPU, which takes seconds where a CPU takes minutes.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     # The tokenizer ignores ``seed`` so token ids stay the same whichever weights a test draws.
@@ -297,11 +347,14 @@ def build_tiny_qwen2_5_vl(
         text_layers=text_layers,
         vision_hidden=vision_hidden,
         vision_depth=vision_depth,
+        shape=shape,
     )
-    with torch.random.fork_rng(devices=[]):
+    started = time.perf_counter()
+    with torch.random.fork_rng(devices=[]), torch.device(device):
         torch.manual_seed(seed)
         model = Qwen2_5_VLForConditionalGeneration(config)
     model = model.to(torch.bfloat16)
+    built = time.perf_counter() - started
     model.generation_config = GenerationConfig(
         bos_token_id=config.text_config.bos_token_id,
         eos_token_id=config.text_config.eos_token_id,
@@ -309,18 +362,23 @@ def build_tiny_qwen2_5_vl(
     )
     model.save_pretrained(out)
     processor.save_pretrained(out)
-    logger.info("wrote tiny Qwen2.5-VL (%d tokens, %d params) to %s", len(tokenizer), model.num_parameters(), out)
+    logger.info(
+        "wrote random Qwen2.5-VL (%d tokens, %d params; drawn in %.1f s, saved in %.1f s) to %s",
+        len(tokenizer), model.num_parameters(), built, time.perf_counter() - started - built, out,
+    )  # fmt: skip
     return out
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """CLI: ``python -m sparse_video_r1.tiny_model OUT_DIR [--seed N]``."""
+    """CLI: ``python -m sparse_video_r1.tiny_model OUT_DIR [--shape tiny|3b|7b] [--seed N] [--device cuda]``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="tiny", help="tiny, or a real Qwen2.5-VL size")
+    parser.add_argument("--device", default="cpu", help="where to draw the random weights (cuda: seconds for 7B)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    build_tiny_qwen2_5_vl(args.out_dir, seed=args.seed)
+    build_tiny_qwen2_5_vl(args.out_dir, seed=args.seed, shape=SHAPES[args.shape], device=args.device)
 
 
 if __name__ == "__main__":

@@ -66,3 +66,30 @@ def test_misspelled_keys_are_rejected(bad_override: str):
 def test_unknown_dialogue_key_in_the_config_is_rejected_by_name():
     with pytest.raises(ValueError, match="max_frame"):
         from_mapping(DialogueConfig, {"max_frame": 3})
+
+
+@pytest.mark.parametrize(
+    ("attention", "remove_padding"), [("sdpa", False), ("eager", False), ("flash_attention_2", True)]
+)
+def test_attention_falls_back_without_flash_attn_and_composes(attention: str, remove_padding: bool):
+    result = subprocess.run(
+        ["bash", str(TEMPLATE)],
+        env={**os.environ, "PRINT_OVERRIDES": "1", "ATTENTION": attention},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    cfg = compose_training_config(result.stdout.splitlines())
+    model = cfg.actor_rollout_ref.model
+    assert model.use_remove_padding is remove_padding
+    assert model.use_fused_kernels is True
+    assert model.override_config.get("attn_implementation", "flash_attention_2") == attention
+    assert ("attention: " in result.stderr) is not remove_padding  # one logged line when falling back
+
+
+def test_the_attention_default_follows_whether_flash_attn_imports():
+    import importlib.util
+
+    has_flash_attn = importlib.util.find_spec("flash_attn") is not None
+    cfg = compose_training_config(template_overrides())
+    assert cfg.actor_rollout_ref.model.use_remove_padding is has_flash_attn

@@ -142,3 +142,23 @@ def test_build_is_deterministic_and_cli(tmp_path: Path, model_dir: Path) -> None
     other = build_tiny_qwen2_5_vl(tmp_path / "seed1", seed=1)
     assert (other / "tokenizer.json").read_bytes() == (model_dir / "tokenizer.json").read_bytes()
     assert (other / "model.safetensors").read_bytes() != (model_dir / "model.safetensors").read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("shape", "published_billions", "vocab_rows", "tied"),
+    # Parameter counts the hub lists for Qwen/Qwen2.5-VL-3B-Instruct (3.75B) and -7B-Instruct (8.29B).
+    [("3b", 3.75, 151936, True), ("7b", 8.29, 152064, False)],
+)
+def test_real_size_shapes_have_the_published_parameter_counts(shape, published_billions, vocab_rows, tied):
+    """Built on the meta device: the dimensions, not the weights, are what memory and speed depend on."""
+    from sparse_video_r1.tiny_model import SHAPES, build_config, default_corpus, train_tokenizer
+
+    config = build_config(train_tokenizer(default_corpus()), shape=SHAPES[shape])
+    with torch.device("meta"):
+        model = Qwen2_5_VLForConditionalGeneration(config)
+    assert round(model.num_parameters() / 1e9, 2) == published_billions
+    assert model.lm_head.weight.shape[0] == vocab_rows
+    assert config.tie_word_embeddings is tied
+    assert len(model.model.visual.blocks) == 32
+    assert config.vision_config.fullatt_block_indexes == [7, 15, 23, 31]
+    assert config.text_config.rope_parameters["mrope_section"] == [16, 24, 24]  # head_dim 128, as Qwen's

@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# The users' path at the users' size on ONE GPU: a random Qwen2.5-VL with the published 3B (or 7B) dimensions,
+# a NExT-QA-shaped set (real annotation rows, generated 640x480 videos), a format cold start with
+# sparse_video_r1.sft, then `sh train.sh` itself (verl's default v1 trainer, the template's dialogue,
+# micro-batches and sequence limits), changing only what a one-GPU host without flash-attn needs.
+#
+#   bash scripts/gpu/train_realsize.sh OUT_DIR ANNOTATIONS_DIR [extra hydra overrides...]
+#
+# Host changes, each an environment variable of the template: N_GPUS=1, GPU_MEMORY_UTILIZATION (vLLM's share
+# of the one GPU the actor also lives on), the paths; attention falls back to sdpa by itself. Fewer questions
+# per step than the default 32 (QUESTIONS, with PPO_MINI_BATCH_SIZE equal) so that STEPS fit one machine.
+# STAGE=prepare|train|all (default all); WORK (default /tmp/svr1_realsize) holds model, data and checkpoint.
+# Writes OUT_DIR/{build.log,sft.log,sft_metrics.json,grpo.log,metrics.jsonl,rollouts/,gpu_memory.csv,summary.json}.
+set -euo pipefail
+OUT=$(mkdir -p "${1:?usage: train_realsize.sh OUT_DIR ANNOTATIONS_DIR}" && cd "$1" && pwd)
+ANNOTATIONS=$(cd "${2:?usage: train_realsize.sh OUT_DIR ANNOTATIONS_DIR}" && pwd)
+shift 2
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+PY=${PYTHON:-python3}
+SHAPE=${SHAPE:-3b}
+DEVICE=${DEVICE:-cuda}
+WORK=${WORK:-/tmp/svr1_realsize}
+STAGE=${STAGE:-all}
+VIDEOS=${VIDEOS:-24}
+STEPS=${STEPS:-5}
+QUESTIONS=${QUESTIONS:-8}
+SFT_EPOCHS=${SFT_EPOCHS:-2}
+SFT_LR=${SFT_LR:-1e-4}
+export RAY_AUTH_MODE=disabled VLLM_USE_FLASHINFER_SAMPLER=0 PYTHONUNBUFFERED=1
+mkdir -p "$WORK"
+cd "$ROOT"
+
+if [ "$STAGE" != train ]; then
+  "$PY" -m sparse_video_r1.tiny_model "$WORK/model" --shape "$SHAPE" --device "$DEVICE" 2>&1 | tee "$OUT/build.log"
+  "$PY" -m sparse_video_r1.synthetic_nextqa --annotations "$ANNOTATIONS" --out "$WORK/raw" \
+    --split train=val.csv --split val=test.csv --videos "$VIDEOS" --width 640 --height 480
+  # The preprocessing train.sh runs when the parquet files are missing; the cold start needs them first.
+  "$PY" dataset/NExT_QA.py --raw "$WORK/raw" --out "$WORK/data" --splits train val
+  "$PY" -m sparse_video_r1.sft make-traces --data "$WORK/data/train.parquet" --out "$WORK/traces.jsonl"
+  # Float32 weights and AdamW states with bfloat16 compute: exact updates for a model learning from random.
+  "$PY" -m sparse_video_r1.sft train --model "$WORK/model" --traces "$WORK/traces.jsonl" --out "$WORK/sft" \
+    --device "$DEVICE" --epochs "$SFT_EPOCHS" --lr "$SFT_LR" --dtype float32 --autocast bfloat16 \
+    --warmup-steps 20 --max-grad-norm 1.0 --gradient-checkpointing 2>&1 | tee "$OUT/sft.log"
+  cp "$WORK/sft/sft_metrics.json" "$OUT/"
+fi
+[ "$STAGE" = prepare ] && exit 0
+
+# GPU memory as the driver sees it (every process: FSDP actor, reference, vLLM), once a second.
+if command -v nvidia-smi >/dev/null; then
+  nvidia-smi --query-gpu=timestamp,memory.used,memory.total,utilization.gpu --format=csv,nounits -l 1 \
+    > "$OUT/gpu_memory.csv" 2>/dev/null &
+  SAMPLER=$!
+  trap 'kill $SAMPLER 2>/dev/null || true' EXIT
+fi
+overrides=(
+  "trainer.total_training_steps=$STEPS"
+  "trainer.val_before_train=False"
+  "trainer.test_freq=-1"
+  "trainer.save_freq=-1"
+  "trainer.logger=[console,file]"
+  "trainer.rollout_data_dir=$OUT/rollouts"
+  "$@"
+)
+host=(N_GPUS=1 "MODEL_PATH=$WORK/sft" "DATA_DIR=$WORK/data" "ROW_DATA=$WORK/raw" "HF_HOME=$WORK/hf_home"
+      "TRAIN_BATCH_SIZE=$QUESTIONS" "PPO_MINI_BATCH_SIZE=$QUESTIONS"
+      "GPU_MEMORY_UTILIZATION=${GPU_MEMORY_UTILIZATION:-0.35}" "VERL_FILE_LOGGER_PATH=$OUT/metrics.jsonl")
+echo "${host[*]} sh train.sh ${overrides[*]}" > "$OUT/command.txt"
+status=0
+env "${host[@]}" sh train.sh "${overrides[@]}" 2>&1 | tee "$OUT/grpo.log" || status=$?
+# vLLM reports its weights and KV cache in the Ray workers' logs, not on the console.
+grep -h -E "Model loading took|KV cache memory|GPU KV cache size|CUDA out of memory" \
+  /tmp/ray/session_latest/logs/*.out /tmp/ray/session_latest/logs/*.err > "$OUT/vllm_memory.log" 2>/dev/null || true
+"$PY" scripts/summarize_grpo_run.py --run "$OUT" --out "$OUT/summary.json" || true
+exit "$status"
