@@ -216,6 +216,8 @@ def train(config: SFTConfig, dialogue: DialogueConfig) -> dict[str, Any]:
         logger.info("epoch %d: mean loss %.4f", epoch + 1, sum(losses[-len(examples) :]) / len(examples))
     seconds = time.perf_counter() - started
     out = Path(config.out)
+    if config.autocast is not None:
+        model.to(getattr(torch, config.autocast))  # saved as it computed: the dtype real checkpoints ship in
     model.save_pretrained(out)
     processor.save_pretrained(out)
     metrics = {

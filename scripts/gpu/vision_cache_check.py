@@ -143,9 +143,9 @@ def main() -> None:
         },
     }
     gaps = result["max_abs_logprob_gap"]
-    result["stale_without_reset"] = gaps["caches_untouched_vs_old_weights"] < gaps[
-        "caches_untouched_vs_new_weights_reference"
-    ]
+    result["stale_without_reset"] = (
+        gaps["caches_untouched_vs_old_weights"] < gaps["caches_untouched_vs_new_weights_reference"]
+    )
     result["fresh_after_verl_resets"] = (
         gaps["after_verl_resets_vs_new_weights_reference"] < 0.25 * gaps["old_weights_vs_new_weights_reference"]
     )
