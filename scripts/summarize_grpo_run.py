@@ -22,6 +22,7 @@ from typing import Any
 VERL_KEYS: dict[str, str | tuple[str, ...]] = {
     "reward_mean": "critic/score/mean",
     "num_turns_mean": "num_turns/mean",
+    "num_turns_max": "num_turns/max",
     "prompt_length_mean": "prompt_length/mean",
     "response_length_mean": "response_length/mean",
     "response_length_max": "response_length/max",
@@ -110,16 +111,43 @@ def rollout_stats(samples: list[dict[str, Any]]) -> dict[str, float]:
     }
 
 
+#: verl's console logger prints one line per step: ``step:N - key:value - key:value ...``.
+_CONSOLE_STEP = re.compile(r"step:(\d+) - (.*)$")
+_CONSOLE_METRIC = re.compile(r"([\w/@.-]+):(?:np\.\w+\()?([-+0-9.eE]+|nan|inf)\)?(?: - |$)")
+
+
+def console_metrics(log: Path) -> dict[int, dict[str, float]]:
+    """Per-step metrics from verl's console output, for runs whose file logger output did not survive."""
+    steps: dict[int, dict[str, float]] = {}
+    for line in log.read_text(errors="replace").splitlines():
+        match = _CONSOLE_STEP.search(line)
+        if match:
+            steps[int(match.group(1))] = {key: float(value) for key, value in _CONSOLE_METRIC.findall(match.group(2))}
+    return steps
+
+
+def step_metrics(run: Path) -> dict[int, dict[str, Any]]:
+    """verl's file logger output if present, else what its console logger printed (grpo.log or console.log)."""
+    if (run / "metrics.jsonl").is_file():
+        return {entry["step"]: entry["data"] for entry in read_jsonl(run / "metrics.jsonl")}
+    for name in ("grpo.log", "console.log"):
+        if (run / name).is_file():
+            return console_metrics(run / name)
+    raise FileNotFoundError(f"{run}: no metrics.jsonl, grpo.log or console.log")
+
+
 def summarize(run: Path) -> dict[str, Any]:
-    metrics = {entry["step"]: entry["data"] for entry in read_jsonl(run / "metrics.jsonl")}
+    metrics = step_metrics(run)
     steps = []
     for step in sorted(metrics):
         data = metrics[step]
         row: dict[str, Any] = {"step": step}
         row.update({name: verl_value(data, key) for name, key in VERL_KEYS.items()})
         dump = run / "rollouts" / f"{step}.jsonl"
-        if dump.is_file():
-            row.update(rollout_stats(read_jsonl(dump)))
+        samples = read_jsonl(dump) if dump.is_file() else []
+        # verl's v1 trainer dumps training rollouts without the reward's per-sample fields.
+        if samples and "accuracy" in samples[0]:
+            row.update(rollout_stats(samples))
         steps.append(row)
     command = run / "command.txt"
     sft = run / "sft_metrics.json"
@@ -128,11 +156,11 @@ def summarize(run: Path) -> dict[str, Any]:
         "steps_completed": len(steps),
         "command": command.read_text().strip() if command.is_file() else None,
         "sft": json.loads(sft.read_text()) if sft.is_file() else None,
-        "vllm": vllm_memory(run / "grpo.log", run / "vllm_memory.log"),
+        "vllm": vllm_memory(run / "grpo.log", run / "console.log", run / "vllm_memory.log"),
         "gpu_memory": gpu_memory(run / "gpu_memory.csv"),
         "totals": {
-            "multi_turn_samples_trained": sum(row["multi_turn_samples"] for row in with_dumps),
-            "samples_trained": sum(row["samples"] for row in with_dumps),
+            "multi_turn_samples_trained": sum(row["multi_turn_samples"] for row in with_dumps) if with_dumps else None,
+            "samples_trained": sum(row["samples"] for row in with_dumps) if with_dumps else None,
             "actor_peak_gpu_memory_allocated_gb": max(
                 (row["actor_peak_gpu_memory_allocated_gb"] or 0.0 for row in steps), default=None
             ),
