@@ -50,6 +50,18 @@ CPU_MODULE = _NoAccelerator(
 )
 
 
+class _CpuDeviceId(str):
+    """``"cpu"`` as a device, ``0`` as a device index.
+
+    verl passes ``current_device()`` both to ``tensor.to(...)`` (must stay on the CPU: ``"cpu"``) and into
+    ``f"{device_name}:{device_id}"`` when it moves an FSDP1 module back before saving a checkpoint (must read
+    ``cpu:0``, since ``cpu:cpu`` is no device).
+    """
+
+    def __format__(self, spec: str) -> str:
+        return format(0, spec)
+
+
 class PlatformCPU(PlatformCUDA):
     """verl's CUDA platform with every device call answered for the CPU."""
 
@@ -61,7 +73,7 @@ class PlatformCPU(PlatformCUDA):
         return True
 
     def current_device(self) -> str:  # type: ignore[override]  # tensors.to(current_device()) must stay on CPU
-        return "cpu"
+        return _CpuDeviceId("cpu")
 
     def device_count(self) -> int:
         return 1
