@@ -5,7 +5,8 @@ one-rank verl training process for good (platform, gloo process group). It compo
 from the template's own overrides (``scripts/run_qwen2_5_vl_template.sh``, ``PRINT_OVERRIDES=1``), builds
 verl's ``ActorRolloutRefWorker`` (role ``actor``) on the tiny model, and does what verl's v1 trainer does:
 
-1. one GRPO update, then ``save_checkpoint(<default_local_dir>/global_step_1/actor, global_step=1)``;
+1. one GRPO update, then ``save_checkpoint(<trainer.default_local_dir>/global_step_1/actor, global_step=1)``
+   (the template leaves ``default_local_dir`` at verl's ``checkpoints/<project>/<experiment>``);
 2. a second update on the same worker (what the run would have done next);
 3. a fresh worker built from ``MODEL_PATH`` (as a restarted run builds it) calls
    ``load_checkpoint(<...>/global_step_1/actor)`` like ``PPOTrainer._load_checkpoint`` with
@@ -37,7 +38,6 @@ import verl_cpu  # noqa: E402
 
 #: Larger than training's 1e-6 so one update moves every weight past bfloat16's rounding (the merger's dtype).
 LEARNING_RATE = 1e-2
-CHECKPOINT_DIR = "checkpoints"
 STEP_DIR = "global_step_1"
 
 
@@ -48,7 +48,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def template_overrides(model: str, work: Path) -> list[str]:
+def template_overrides(model: str) -> list[str]:
     """The template's overrides for ``model``, with batch sizes for 1 question x 2 rollouts."""
     lines = subprocess.run(
         ["bash", str(REPO / "scripts" / "run_qwen2_5_vl_template.sh")],
@@ -64,7 +64,6 @@ def template_overrides(model: str, work: Path) -> list[str]:
         "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2",
         "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=2",
         f"actor_rollout_ref.actor.optim.lr={LEARNING_RATE}",
-        f"trainer.default_local_dir={work / CHECKPOINT_DIR}",
     ]
 
 
@@ -102,7 +101,7 @@ def main() -> None:
     from verl.workers.engine_workers import ActorRolloutRefWorker
 
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base=None):
-        cfg = compose(config_name="sparse_video_grpo", overrides=template_overrides(args.model, work))
+        cfg = compose(config_name="sparse_video_grpo", overrides=template_overrides(args.model))
 
     def new_worker() -> tuple[Any, Any]:
         worker = ActorRolloutRefWorker(config=cfg.actor_rollout_ref, role="actor")
@@ -114,7 +113,8 @@ def main() -> None:
     batch.batch["old_log_probs"] = old.batch["old_log_probs"]
     batch.batch["ref_log_prob"] = old.batch["old_log_probs"]  # the template trains with a KL loss to the reference
     trainer.update_actor(batch)
-    actor_dir = work / CHECKPOINT_DIR / STEP_DIR / "actor"
+    # The trainer's layout, under WORK as a run's is under the repository (the template starts it from there).
+    actor_dir = work / cfg.trainer.default_local_dir / STEP_DIR / "actor"
     worker.save_checkpoint(str(actor_dir), global_step=1)
     saved = full_state_dict(worker)
     torch.save(saved, work / "step1_state_dict.pt")
@@ -140,6 +140,7 @@ def main() -> None:
         "lr_scheduler_loaded": loaded_scheduler["last_epoch"],
         "second_update_resumed_vs_continued": max_difference(full_state_dict(resumed), continued),
         "second_update_size": max_difference(continued, saved),
+        "checkpoint_dir": cfg.trainer.default_local_dir,
         "actor_dir": str(actor_dir.relative_to(work)),
     }
     (work / "resume.json").write_text(json.dumps(report, indent=2))

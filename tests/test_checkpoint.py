@@ -37,6 +37,11 @@ def checkpoint(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
     return work, json.loads((work / "resume.json").read_text())
 
 
+def merged_name(report: dict[str, Any]) -> str:
+    """Where the README puts the HF model of step N: ``<checkpoint dir>/hf_step_N``."""
+    return f"{report['checkpoint_dir']}/hf_step_1"
+
+
 def merge_as_the_readme_says(work: Path, actor_dir: str, target: str) -> None:
     """``python -m verl.model_merger merge --backend fsdp --local_dir ACTOR_DIR --target_dir TARGET``."""
     command = [sys.executable, "-m", "verl.model_merger", "merge", "--backend", "fsdp"]
@@ -61,8 +66,9 @@ def test_verls_merger_turns_the_checkpoint_into_the_hf_model_that_was_trained(
     }
     assert not list((actor_dir / "huggingface").glob("*.safetensors"))
 
-    merge_as_the_readme_says(work, report["actor_dir"], "hf")
-    merged_dir = work / "hf"
+    assert report["checkpoint_dir"] == "checkpoints/sparse_video_r1/qwen2_5_vl_grpo_nextqa"  # the template's
+    merge_as_the_readme_says(work, report["actor_dir"], merged_name(report))
+    merged_dir = work / merged_name(report)
     merged = Qwen2_5_VLForConditionalGeneration.from_pretrained(merged_dir)
     trained = torch.load(work / "step1_state_dict.pt")
     weights = merged.state_dict()
@@ -87,16 +93,17 @@ def test_the_merged_directory_runs_through_the_evaluator(
 ) -> None:
     """What ``scripts/evaluate.sh`` runs, on the transformers backend: the adaptive dialogue and a baseline."""
     work, report = checkpoint
-    if not (work / "hf").is_dir():
-        merge_as_the_readme_says(work, report["actor_dir"], "hf")
+    merged_dir = work / merged_name(report)
+    if not merged_dir.is_dir():
+        merge_as_the_readme_says(work, report["actor_dir"], merged_name(report))
     write_nextqa_like_release(FIXTURES, tmp_path / "raw", {"val": "val.csv"}, videos_per_split=1, max_seconds=8.0)
     data = preprocess_split(read_nextqa_split(tmp_path / "raw", "val"), tmp_path / "data").output
     out = tmp_path / "eval"
     dialogue = ["--initial-frames", "2", "--max-frames-per-request", "2", "--max-total-frames", "4", "--max-turns", "2"]
     flags = ["--backend", "transformers", "--uniform", "2", "--limit", "2", "--max-tokens-per-turn", "8", *dialogue]
-    evaluate.main(["--model", str(work / "hf"), "--data", str(data), "--out", str(out), *flags])
+    evaluate.main(["--model", str(merged_dir), "--data", str(data), "--out", str(out), *flags])
     results = json.loads((out / "results.json").read_text())
-    assert results["settings"]["model"] == str((work / "hf").resolve())
+    assert results["settings"]["model"] == str(merged_dir.resolve())
     metrics = {name: method["metrics"] for name, method in results["methods"].items()}
     assert {name: m["n"] for name, m in metrics.items()} == {"adaptive": 2, "uniform_2": 2}
     for m in metrics.values():  # the random model's turns end in some recorded way, never in an error
