@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import torch
+from test_launch_config import compose_training_config, template_overrides
 from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
 from sparse_video_r1 import evaluate
@@ -125,3 +126,12 @@ def test_a_resumed_worker_continues_exactly_where_the_saved_one_was(checkpoint: 
     assert report["lr_scheduler_saved"] == report["lr_scheduler_loaded"] == 1
     assert report["second_update_size"] > 1e-3
     assert report["second_update_resumed_vs_continued"] == 0.0
+
+
+def test_the_template_saves_every_50_steps_where_a_rerun_resumes_from() -> None:
+    """What the README states about resuming, read from the composed training config."""
+    trainer = compose_training_config(template_overrides()).trainer
+    assert trainer.use_v1 and trainer.v1.trainer_mode == "sync"  # PPOTrainerSync: load, then sync vLLM's weights
+    assert (trainer.save_freq, trainer.resume_mode, trainer.resume_from_path) == (50, "auto", None)
+    # Relative to the working directory, which the template sets to the repository root.
+    assert trainer.default_local_dir == "checkpoints/sparse_video_r1/qwen2_5_vl_grpo_nextqa"
