@@ -1,10 +1,11 @@
 """From a training checkpoint to an evaluation, and a resumed run, at the tiny size on CPU.
 
-A module fixture runs tests/_checkpoint_worker.py: verl's real FSDP actor worker, composed from the training
-template's overrides, makes one GRPO update, saves the checkpoint the trainer saves
-(``<trainer.default_local_dir>/global_step_1/actor``), then a fresh worker resumes from it. The tests check
-that verl's model merger, run exactly as the README tells users, turns that checkpoint into the HF directory
-``scripts/evaluate.sh`` takes, and that the resumed worker continues exactly where the saved one was.
+A module fixture runs tests/_checkpoint_worker.py on 2 CPU ranks (torchrun, gloo): verl's real FSDP actor
+worker, composed from the training template's overrides, makes one GRPO update and saves the checkpoint the
+trainer saves (``<trainer.default_local_dir>/global_step_1/actor``, one shard per rank), then fresh workers
+resume from it. The tests check that verl's model merger, run exactly as the README tells users, turns that
+checkpoint into the HF directory ``scripts/evaluate.sh`` takes, and that the resumed workers continue exactly
+where the saved ones were.
 """
 
 from __future__ import annotations
@@ -26,13 +27,16 @@ from sparse_video_r1.synthetic_nextqa import write_nextqa_like_release
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures" / "nextqa"
+#: Data-parallel CPU ranks (gloo): FSDP shards every weight across them, as across a node's GPUs.
+RANKS = 2
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
     """The work folder holding ``checkpoints/global_step_1/actor`` and the worker's resume report."""
     work = tmp_path_factory.mktemp("checkpoint")
-    command = [sys.executable, str(ROOT / "tests" / "_checkpoint_worker.py"), "--model", str(tiny_model_dir)]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={RANKS}"]
+    command = [*torchrun, str(ROOT / "tests" / "_checkpoint_worker.py"), "--model", str(tiny_model_dir)]
     result = subprocess.run([*command, "--work", str(work)], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return work, json.loads((work / "resume.json").read_text())
@@ -58,14 +62,11 @@ def test_verls_merger_turns_the_checkpoint_into_the_hf_model_that_was_trained(
     work, report = checkpoint
     actor_dir = work / report["actor_dir"]
     # What the trainer's FSDP checkpoint holds: per-rank shards and an HF folder without weights.
-    assert {p.name for p in actor_dir.iterdir()} >= {
-        "model_world_size_1_rank_0.pt",
-        "optim_world_size_1_rank_0.pt",
-        "extra_state_world_size_1_rank_0.pt",
-        "fsdp_config.json",
-        "huggingface",
-    }
+    shards = {f"{kind}_world_size_{RANKS}_rank_{rank}.pt" for kind in ("model", "optim", "extra_state")
+              for rank in range(RANKS)}  # fmt: skip
+    assert {p.name for p in actor_dir.iterdir()} == {*shards, "fsdp_config.json", "huggingface"}
     assert not list((actor_dir / "huggingface").glob("*.safetensors"))
+    assert report["world_size"] == RANKS
 
     assert report["checkpoint_dir"] == "checkpoints/sparse_video_r1/qwen2_5_vl_grpo_nextqa"  # the template's
     merge_as_the_readme_says(work, report["actor_dir"], merged_name(report))
@@ -115,8 +116,8 @@ def test_the_merged_directory_runs_through_the_evaluator(
 def test_a_resumed_worker_continues_exactly_where_the_saved_one_was(checkpoint: tuple[Path, dict[str, Any]]) -> None:
     """verl's ``load_checkpoint``, as ``trainer.resume_mode=auto`` calls it, restores weights, Adam and the schedule.
 
-    The fresh worker starts from ``MODEL_PATH`` like a restarted run; after loading, its next update is the
-    update the saved worker made (bit for bit on CPU).
+    The fresh workers start from ``MODEL_PATH`` like a restarted run; after loading their shards, their next
+    update is the update the saved workers made (bit for bit on CPU).
     """
     _, report = checkpoint
     assert report["weights_changed_by_update"] > 1e-3  # the fresh worker really starts elsewhere
