@@ -6,8 +6,8 @@ Three more things keep the CUDA-only defaults away, none of them inside verl:
 
 * the process group is created here with gloo before verl's worker would create ``cpu:gloo,cpu:gloo``;
 * ``VERL_ENGINE_DEVICE``/``VERL_ENGINE_VENDOR`` (verl's own overrides) pick the FSDP engine registered for CUDA;
-* FSDP1's ``sync_module_states`` refuses CPU parameters even with one rank, where the broadcast it guards is
-  a copy onto itself: that check is skipped.
+* FSDP1's ``sync_module_states`` refuses CPU parameters, although gloo broadcasts them (with one rank the
+  broadcast is a copy onto itself): that check is skipped.
 
 Import :func:`use_cpu` before building any verl worker. Never used by training: numbers from here are CPU
 numbers (the profile's *shape*, not GPU time).
@@ -50,6 +50,18 @@ CPU_MODULE = _NoAccelerator(
 )
 
 
+class _CpuDeviceId(str):
+    """``"cpu"`` as a device, ``0`` as a device index.
+
+    verl passes ``current_device()`` both to ``tensor.to(...)`` (must stay on the CPU: ``"cpu"``) and into
+    ``f"{device_name}:{device_id}"`` when it moves an FSDP1 module back before saving a checkpoint (must read
+    ``cpu:0``, since ``cpu:cpu`` is no device).
+    """
+
+    def __format__(self, spec: str) -> str:
+        return format(0, spec)
+
+
 class PlatformCPU(PlatformCUDA):
     """verl's CUDA platform with every device call answered for the CPU."""
 
@@ -61,7 +73,7 @@ class PlatformCPU(PlatformCUDA):
         return True
 
     def current_device(self) -> str:  # type: ignore[override]  # tensors.to(current_device()) must stay on CPU
-        return "cpu"
+        return _CpuDeviceId("cpu")
 
     def device_count(self) -> int:
         return 1
@@ -111,10 +123,15 @@ class PlatformCPU(PlatformCUDA):
 
 
 def use_cpu(port: int = 29531) -> None:
-    """Make this process a one-rank verl training process on the CPU."""
-    os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    """Make this process a verl training process on the CPU: one rank, or the rank ``torchrun`` started.
+
+    Under ``torchrun`` (several CPU ranks over gloo) its ``RANK``/``WORLD_SIZE``/``MASTER_*`` are kept, so FSDP
+    really shards the model, as on several GPUs.
+    """
+    if "TORCHELASTIC_RUN_ID" not in os.environ:
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     os.environ.update(VERL_ENGINE_DEVICE="cuda", VERL_ENGINE_VENDOR="nvidia")
     platform_manager.set_platform(PlatformCPU())
     fsdp_init_utils._check_module_states_for_sync_module_states = lambda module_states: None
     if not dist.is_initialized():
-        dist.init_process_group("gloo", rank=0, world_size=1)
+        dist.init_process_group("gloo", rank=int(os.environ["RANK"]), world_size=int(os.environ["WORLD_SIZE"]))

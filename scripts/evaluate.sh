@@ -3,7 +3,9 @@
 #
 # Edit the paths below (the same variables as scripts/run_qwen2_5_vl_template.sh) or export them, then:
 #   bash scripts/evaluate.sh [more sparse_video_r1.evaluate flags...]
-# e.g. MODEL_PATH=checkpoints/.../huggingface SPLIT=test bash scripts/evaluate.sh --limit 500
+# e.g. MODEL_PATH=checkpoints/sparse_video_r1/qwen2_5_vl_grpo_nextqa/hf_step_50 SPLIT=test bash scripts/evaluate.sh --limit 500
+# A training checkpoint's actor/huggingface/ holds no weights: turn global_step_N/actor into an HF directory first,
+#   python -m verl.model_merger merge --backend fsdp --local_dir .../global_step_N/actor --target_dir .../hf_step_N
 # Re-running with the same OUT_DIR resumes: questions already in OUT_DIR/records_*.jsonl are skipped.
 # The dialogue variables must match training's to measure the trained policy (they default to the same values).
 # PRINT_COMMAND=1 prints the command instead of running it.
