@@ -38,6 +38,7 @@ FRAME_COST=${FRAME_COST:-0.0}
 PROJECT_NAME=${PROJECT_NAME:-sparse_video_r1}
 EXPERIMENT_NAME=${EXPERIMENT_NAME:-qwen2_5_vl_grpo_nextqa}
 LOGGER=${LOGGER:-'["console"]'}
+KEEP_CHECKPOINTS=${KEEP_CHECKPOINTS:-2}            # a 3B actor checkpoint is ~45 GB (float32 + Adam moments)
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 
@@ -76,6 +77,7 @@ overrides=(
   "trainer.experiment_name=${EXPERIMENT_NAME}"
   "trainer.logger=${LOGGER}"
   "trainer.save_freq=50"
+  "trainer.max_actor_ckpt_to_keep=${KEEP_CHECKPOINTS}"
   "trainer.test_freq=25"
 )
 
