@@ -24,7 +24,11 @@ setup(
         # PyAV decodes the frames (frames.py) and writes generated videos; 19.0.2 rejects
         # av.open(metadata_errors=...), which frames.py passes.
         "av>=14,<19",
-        "matplotlib",  # evaluation plots
+        "matplotlib",  # evaluation plots, training curves
+        # The template's default tracker (trainer.logger [console, tensorboard]) and the curves tool read/write
+        # TensorBoard event files; verl's default v1 trainer needs TransferQueue (verl's "verl-core" extra).
+        "tensorboard",
+        "TransferQueue>=0.1.10",
         *VERL_AGENT_LOOP_RUNTIME,
     ],
     extras_require={

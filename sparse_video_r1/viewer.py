@@ -85,7 +85,7 @@ def thumbnail(image: Image.Image) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def _image_runs(token_ids: Sequence[int], image_token_id: int) -> int:
+def image_runs(token_ids: Sequence[int], image_token_id: int) -> int:
     """How many images a stretch of tokens holds: one run of ``<|image_pad|>`` each."""
     return sum(1 for is_pad, _ in itertools.groupby(token_ids, key=lambda t: t == image_token_id) if is_pad)
 
@@ -99,7 +99,7 @@ def dialogue_view(
     timestamps: list[float | None] = list(fields["shown_timestamps"])
     timestamps += [None] * (len(images) - len(timestamps))  # a failed video shows one untimed placeholder
     frames = [FrameView(t, thumbnail(image)) for t, image in zip(timestamps, images, strict=True)]
-    shown = _image_runs(output.prompt_ids, image_token_id)
+    shown = image_runs(output.prompt_ids, image_token_id)
     turns = [TurnView("environment", "", tuple(frames[:shown]))]
     segments = [
         [token for token, _ in group]
@@ -108,7 +108,7 @@ def dialogue_view(
         )
     ]
     for turn, segment in zip(split_turns(tokenizer, output), segments, strict=True):
-        count = _image_runs(segment, image_token_id)
+        count = image_runs(segment, image_token_id)
         if turn.text or count:  # a dialogue that ended before the model spoke has one blank pad token
             turns.append(TurnView(turn.speaker, turn.text, tuple(frames[shown : shown + count])))
         shown += count
