@@ -20,8 +20,7 @@ from typing import Any
 import numpy as np
 from verl.experimental.agent_loop.agent_loop import AgentLoopMetrics, AgentLoopOutput
 
-from sparse_video_r1.standalone import split_turns
-from sparse_video_r1.viewer import image_runs
+from sparse_video_r1.standalone import image_runs, split_turns
 
 logger = logging.getLogger(__name__)
 

@@ -189,45 +189,56 @@ def transfer_queue():
     ray.shutdown()
 
 
-def test_v1_trainer_path_logs_dialogue_metrics_to_console_tensorboard_and_file(
-    agent_loop, outputs, rows, training_config, transfer_queue, tmp_path, monkeypatch, capsys
-):
+@pytest.fixture(scope="module")
+def v1_run(agent_loop, outputs, rows, training_config, transfer_queue, tmp_path_factory):
+    """Two training steps of the scripted dialogues through verl's v1 post-generation path."""
     from omegaconf import OmegaConf
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from sparse_video_r1.cpu_step import CpuStepRunner
     from sparse_video_r1.verl_metrics import DialogueMetricsReplayBuffer
 
-    monkeypatch.setenv("TENSORBOARD_DIR", str(tmp_path / "tb"))
-    monkeypatch.setenv("VERL_FILE_LOGGER_PATH", str(tmp_path / "metrics.jsonl"))
-    config = OmegaConf.merge(training_config, {"trainer": {"rollout_data_dir": str(tmp_path / "rollouts")}})
-    runner = CpuStepRunner(
-        config, agent_loop.tokenizer, agent_loop.processor, backends=["console", "tensorboard", "file"]
-    )
-    assert isinstance(runner.replay_buffer, DialogueMetricsReplayBuffer), "the YAML must name our replay buffer"
-    for step in (1, 2):
-        for i, (row, output) in enumerate(zip(rows, outputs, strict=True)):
-            runner.put_group(f"s{step}p{i}", row, [output.model_copy(deep=True)], step)
-        logged = runner.finish_step(step, prompts=len(rows))
-    runner.close()
+    run = tmp_path_factory.mktemp("v1_run")
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("TENSORBOARD_DIR", str(run / "tensorboard"))
+        env.setenv("VERL_FILE_LOGGER_PATH", str(run / "metrics.jsonl"))
+        config = OmegaConf.merge(training_config, {"trainer": {"rollout_data_dir": str(run / "rollouts")}})
+        runner = CpuStepRunner(
+            config, agent_loop.tokenizer, agent_loop.processor, backends=["console", "tensorboard", "file"]
+        )
+        assert isinstance(runner.replay_buffer, DialogueMetricsReplayBuffer), "the YAML must name our replay buffer"
+        logged = {}
+        for step in (1, 2):
+            for i, (row, output) in enumerate(zip(rows, outputs, strict=True)):
+                runner.put_group(f"s{step}p{i}", row, [output.model_copy(deep=True)], step)
+            logged[step] = runner.finish_step(step, prompts=len(rows))
+        runner.close()
+    return run, logged
 
+
+def test_v1_trainer_path_logs_dialogue_metrics_to_console_tensorboard_and_file(v1_run, outputs, rows):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run, logged = v1_run
     expected = _expected(outputs, rows)
     for key, value in expected.items():
-        assert logged[key] == pytest.approx(value), key
-    assert "dialogue/stop/video_error" in capsys.readouterr().out  # verl's console logger printed the step
+        assert logged[2][key] == pytest.approx(value), key
 
-    events = EventAccumulator(str(tmp_path / "tb"))
+    events = EventAccumulator(str(run / "tensorboard"))
     events.Reload()
     for key, value in expected.items():
         points = events.Scalars(key)
         assert [p.step for p in points] == [1, 2]
         assert points[-1].value == pytest.approx(value, rel=1e-5), key
-    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [line["step"] for line in lines] == [1, 2]
     assert lines[0]["data"]["dialogue/request_share"] == pytest.approx(expected["dialogue/request_share"])
 
-    # verl's own dump and our dialogue records of step 2 join on verl's trajectory uid.
-    records = rollout_dump.read_step(tmp_path / "rollouts", 2)
+
+def test_v1_dialogue_records_join_verls_rollout_dump(v1_run, rows):
+    run, _ = v1_run
+    verl_dump = rollout_dump.read_jsonl(run / "rollouts" / "2.jsonl")
+    assert len(verl_dump) == len(rows) and all("uid" in row and "output" in row for row in verl_dump)
+    records = rollout_dump.read_step(run / "rollouts", 2)
     assert len(records) == len(rows)
     by_question = {record["question"]: record for record in records}
     request = by_question["why request the middle"]
@@ -235,6 +246,33 @@ def test_v1_trainer_path_logs_dialogue_metrics_to_console_tensorboard_and_file(
     assert request["turns"][1]["frames"] == 2 and request["turns"][2]["text"] == ANSWER_RIGHT
     assert request["score"] == pytest.approx(request["verl_score"])  # verl stores rm_scores as float32
     assert by_question["how missing video"]["stop_reason"] == "video_error"
+
+
+def test_curves_read_tensorboard_and_file_logger_alike_and_draw(v1_run, outputs, rows):
+    from sparse_video_r1 import curves
+
+    run, _ = v1_run
+    from_events = curves.read_run(run / "tensorboard")
+    from_lines = curves.read_run(run / "metrics.jsonl")
+    assert sorted(from_events) == sorted(from_lines) == [1, 2]
+    for key, value in _expected(outputs, rows).items():
+        assert from_events[2][key] == pytest.approx(value, rel=1e-5)
+        assert from_lines[2][key] == pytest.approx(value)
+    png = curves.plot_curves(from_events, run / "curves.png", smooth=2)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_viewer_renders_a_training_step_with_its_frames_decoded_again(v1_run, outputs):
+    from sparse_video_r1 import viewer
+
+    run, _ = v1_run
+    page = viewer.render_rollouts(run / "rollouts", None, run / "step.html", limit=10, max_pixels=3136)
+    text = page.read_text()
+    assert "Training rollouts, step 2" in text and "why request the middle" in text
+    shown = sum(len(o.extra_fields["shown_timestamps"]) for o in outputs)
+    assert text.count('<img alt="frame at') == shown
+    for record in rollout_dump.read_step(run / "rollouts", 2):
+        assert f"reward {record['score']:.3f}" in text
 
 
 def test_legacy_trainer_path_reports_dialogue_metrics_as_timing_of_generation(
