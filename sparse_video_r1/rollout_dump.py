@@ -100,11 +100,14 @@ def dialogues_path(rollout_data_dir: str | Path, step: int) -> Path:
     return Path(rollout_data_dir) / DIALOGUES_DIR / f"{step}.jsonl"
 
 
-def write_records(rollout_data_dir: str | Path, step: int, records: Sequence[Mapping[str, Any]]) -> Path:
-    """Write (replace) one step's records; a step sampled in several parts (async trainers) appends."""
+def write_records(
+    rollout_data_dir: str | Path, step: int, records: Sequence[Mapping[str, Any]], *, append: bool = False
+) -> Path:
+    """Write one step's records, replacing an older file (a resumed run) unless ``append`` (a later part of a step
+    that an async trainer samples in several parts)."""
     path = dialogues_path(rollout_data_dir, step)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a", encoding="utf-8") as out:
+    with path.open("a" if append else "w", encoding="utf-8") as out:
         for record in records:
             out.write(json.dumps(record, ensure_ascii=False) + "\n")
     logger.info("wrote %d dialogue records to %s", len(records), path)

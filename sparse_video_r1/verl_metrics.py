@@ -47,6 +47,7 @@ class DialogueStepReport:
         self.tokenizer_path = tokenizer_path
         if self.rollout_data_dir and not tokenizer_path:
             raise ValueError("writing dialogue records needs the tokenizer's path (actor_rollout_ref.model.path)")
+        self._written_steps: set[int] = set()
 
     @property
     def dumps(self) -> bool:
@@ -78,7 +79,8 @@ class DialogueStepReport:
                 )
                 for uid, f, reward, info, (ids, mask) in zip(uids, fields, rewards, extra_infos, responses, strict=True)
             ]
-            rollout_dump.write_records(self.rollout_data_dir, step, dialogues)
+            rollout_dump.write_records(self.rollout_data_dir, step, dialogues, append=step in self._written_steps)
+            self._written_steps.add(step)
         return dialogue_metrics(records)
 
 

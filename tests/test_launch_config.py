@@ -66,3 +66,22 @@ def test_misspelled_keys_are_rejected(bad_override: str):
 def test_unknown_dialogue_key_in_the_config_is_rejected_by_name():
     with pytest.raises(ValueError, match="max_frame"):
         from_mapping(DialogueConfig, {"max_frame": 3})
+
+
+def test_default_tracker_is_local_and_the_v1_sampler_reports_dialogue_metrics():
+    from verl.utils.import_utils import load_extern_object
+
+    from sparse_video_r1.verl_metrics import dialogue_metrics_replay_buffer
+
+    cfg = compose_training_config(template_overrides(MODEL_PATH="/models/qwen", RUN_DIR="/runs/a"))
+    assert list(cfg.trainer.logger) == ["console", "tensorboard"]
+    assert cfg.trainer.use_v1 and cfg.trainer.rollout_data_dir == "/runs/a/rollouts"
+    sampler = cfg.trainer.v1.sampler
+    assert (
+        load_extern_object(sampler.custom_sampler.path, sampler.custom_sampler.name) is dialogue_metrics_replay_buffer
+    )
+    assert sampler.sampler_kwargs.rollout_data_dir == "/runs/a/rollouts"
+    assert sampler.sampler_kwargs.tokenizer_path == "/models/qwen"
+    wandb = compose_training_config(template_overrides(LOGGER='["console","wandb"]', ROLLOUT_DATA_DIR=""))
+    assert list(wandb.trainer.logger) == ["console", "wandb"]
+    assert wandb.trainer.rollout_data_dir is None and wandb.trainer.v1.sampler.sampler_kwargs.rollout_data_dir is None
