@@ -111,7 +111,7 @@ def main() -> None:
     parser.add_argument("--sft-epochs", type=int, default=4)
     parser.add_argument("--copies", type=int, default=10, help="cold-start traces per question")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     model, rows = prepare(args.work, args.videos, args.sft_epochs, args.copies)

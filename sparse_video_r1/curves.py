@@ -162,7 +162,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=None, help="PNG path (default RUN_DIR/curves.png)")
     parser.add_argument("--smooth", type=int, default=DEFAULT_SMOOTHING, help="rolling-mean window, in steps")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
     scalars = read_run(args.run_dir)
     out = args.out or (args.run_dir if args.run_dir.is_dir() else args.run_dir.parent) / "curves.png"
     plot_curves(scalars, out, smooth=args.smooth, title=args.run_dir.name)

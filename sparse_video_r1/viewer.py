@@ -369,7 +369,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     rollouts.add_argument("--limit", type=int, default=64, help="dialogues on the page, in the dump's order")
     rollouts.add_argument("--max-pixels", type=int, default=64 * 28 * 28, help="decode budget per frame")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
     step = args.step if args.step is not None else (rollout_dump.steps(args.rollout_data_dir) or [0])[-1]
     out = args.out or args.rollout_data_dir / f"step_{step}.html"
     render_rollouts(args.rollout_data_dir, args.step, out, limit=args.limit, max_pixels=args.max_pixels)

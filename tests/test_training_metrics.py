@@ -260,6 +260,8 @@ def test_curves_read_tensorboard_and_file_logger_alike_and_draw(v1_run, outputs,
         assert from_lines[2][key] == pytest.approx(value)
     png = curves.plot_curves(from_events, run / "curves.png", smooth=2)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    curves.main([str(run), "--out", str(run / "cli.png")])  # the run folder: finds the event files below it
+    assert (run / "cli.png").read_bytes()[:8] == png.read_bytes()[:8]
 
 
 def test_viewer_renders_a_training_step_with_its_frames_decoded_again(v1_run, outputs):
@@ -273,6 +275,8 @@ def test_viewer_renders_a_training_step_with_its_frames_decoded_again(v1_run, ou
     assert text.count('<img alt="frame at') == shown
     for record in rollout_dump.read_step(run / "rollouts", 2):
         assert f"reward {record['score']:.3f}" in text
+    viewer.main(["rollouts", str(run / "rollouts"), "--step", "1"])
+    assert "Training rollouts, step 1" in (run / "rollouts" / "step_1.html").read_text()
 
 
 def test_legacy_trainer_path_reports_dialogue_metrics_as_timing_of_generation(
