@@ -330,8 +330,10 @@ def rollout_view(record: Mapping[str, Any], sampler: FrameSampler) -> DialogueVi
             turns.append(TurnView(turn["speaker"], turn["text"], tuple(frames[cursor : cursor + count])))
         cursor += count
     reward = record.get("score")
+    parts = str(record["uid"]).rsplit("_", 2)  # verl's v1 trajectory key: <prompt uid>_<rollout>_<output>
+    rollout = f"/r{parts[1]}" if len(parts) == 3 and parts[1].isdigit() else ""
     return DialogueView(
-        qid=str(record.get("qid") or record["uid"]),
+        qid=f"{record.get('qid') or record['uid']}{rollout}",
         method=f"training step {record['step']} · {record['uid']}",
         question=str(record.get("question") or ""),
         options=tuple(str(option) for option in record.get("options") or ()),
@@ -355,7 +357,7 @@ def render_rollouts(rollout_data_dir: Path, step: int | None, out: Path, *, limi
     records = rollout_dump.read_step(rollout_data_dir, step)[:limit]
     sampler = FrameSampler.from_config(DialogueConfig(max_pixels=max_pixels, min_pixels=min(max_pixels, 3136)))
     views = [rollout_view(record, sampler) for record in records]
-    write_html(out, views, title=f"Training rollouts, step {step} ({rollout_data_dir})")
+    write_html(out, views, title=f"Training rollouts, step {step}")
     return out
 
 
