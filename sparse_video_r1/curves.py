@@ -14,9 +14,8 @@ import argparse
 import json
 import logging
 import statistics
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
 
 import matplotlib
 
@@ -167,15 +166,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     out = args.out or (args.run_dir if args.run_dir.is_dir() else args.run_dir.parent) / "curves.png"
     plot_curves(scalars, out, smooth=args.smooth, title=args.run_dir.name)
     logger.info("%d steps -> %s", len(scalars), out)
-
-
-def summary(scalars: Mapping[int, Mapping[str, Any]]) -> str:
-    """One line per step of the headline numbers (for logs and READMEs)."""
-    names = ("dialogue/score/mean", "dialogue/accuracy/mean", "dialogue/frames_shown/mean", "dialogue/request_share")
-    return "\n".join(
-        f"{step}: " + ", ".join(f"{n.split('/')[1]}={values[n]:.3f}" for n in names if n in values)
-        for step, values in sorted(scalars.items())
-    )
 
 
 if __name__ == "__main__":
