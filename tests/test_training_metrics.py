@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from verl import DataProto
 from verl.experimental.agent_loop.agent_loop import AgentLoopWorker
 from verl.trainer.ppo.metric_utils import compute_timing_metrics
 from verl.utils.tokenizer import hf_processor, hf_tokenizer
@@ -305,3 +306,35 @@ def test_legacy_trainer_path_reports_dialogue_metrics_as_timing_of_generation(
     (written,) = rollout_dump.steps(tmp_path)
     assert written == 7
     assert {r["answer"] for r in rollout_dump.read_step(tmp_path, 7)} == {OPTION_LETTERS[2]}
+
+
+def test_legacy_manager_adds_the_metrics_to_training_batches_only(
+    agent_loop, outputs, rows, training_config, monkeypatch
+):
+    from verl.experimental.agent_loop.agent_loop import AgentLoopManager
+
+    from sparse_video_r1.verl_metrics import DialogueMetricsAgentLoopManager, DialogueStepReport
+
+    worker = _score(agent_loop, outputs, rows, training_config)
+    samples = [
+        worker.loop.run_until_complete(AgentLoopWorker._agent_loop_postprocess(worker, o, validate=False, **row))
+        for o, row in zip(outputs, rows, strict=True)
+    ]
+
+    def generated(self, prompts):  # verl's manager after its workers: the batch and its timing
+        batch = AgentLoopWorker._postprocess(worker, samples, input_non_tensor_batch=None)
+        batch.meta_info = {"timing": {"agent_loop/generate_sequences/mean": 0.1}}
+        return batch
+
+    monkeypatch.setattr(AgentLoopManager, "generate_sequences", generated)
+    manager = object.__new__(DialogueMetricsAgentLoopManager)  # no Ray workers: only generate_sequences is driven
+    manager.report = DialogueStepReport()
+    infos = np.array([row["extra_info"] for row in rows], dtype=object)
+    train = manager.generate_sequences(DataProto(non_tensor_batch={"extra_info": infos}, meta_info={"global_steps": 3}))
+    validation = manager.generate_sequences(
+        DataProto(non_tensor_batch={"extra_info": infos}, meta_info={"validate": True, "global_steps": 3})
+    )
+    expected = _expected(outputs, rows)
+    assert {key: train.meta_info["timing"][key] for key in expected} == pytest.approx(expected)
+    assert "agent_loop/generate_sequences/mean" in train.meta_info["timing"]
+    assert not any(key.startswith("dialogue/") for key in validation.meta_info["timing"])
