@@ -46,7 +46,8 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 LOGGER=${LOGGER:-'["console","tensorboard"]'}
 RUN_DIR=${RUN_DIR:-${ROOT}/outputs/${PROJECT_NAME}/${EXPERIMENT_NAME}}
 export TENSORBOARD_DIR=${TENSORBOARD_DIR:-${RUN_DIR}/tensorboard}
-export VERL_FILE_LOGGER_PATH=${VERL_FILE_LOGGER_PATH:-${RUN_DIR}/metrics.jsonl}
+# verl's "file" logger truncates its file on start: one file per start keeps a resumed run's earlier steps.
+export VERL_FILE_LOGGER_PATH=${VERL_FILE_LOGGER_PATH:-${RUN_DIR}/metrics_$(date -u +%Y%m%dT%H%M%S).jsonl}
 ROLLOUT_DATA_DIR=${ROLLOUT_DATA_DIR-${RUN_DIR}/rollouts}
 
 overrides=(
