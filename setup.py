@@ -24,13 +24,16 @@ setup(
         # PyAV decodes the frames (frames.py) and writes generated videos; 19.0.2 rejects
         # av.open(metadata_errors=...), which frames.py passes.
         "av>=14,<19",
-        "matplotlib",  # evaluation plots
+        "matplotlib",  # evaluation plots, training curves
+        # The template's default tracker (trainer.logger [console, tensorboard]) and the curves tool read/write
+        # TensorBoard event files; verl's default v1 trainer needs TransferQueue (verl's "verl-core" extra).
+        "tensorboard",
+        "TransferQueue>=0.1.10",
         *VERL_AGENT_LOOP_RUNTIME,
     ],
     extras_require={
-        # The GPU training stack: vLLM 0.24.0 and torch 2.11 as verl 0.9.1 pins them, and TransferQueue, which
-        # verl's default (v1) trainer imports but verl's own requirements do not bring.
-        "gpu": ["verl[vllm]==0.9.1", "transferqueue==0.1.11"],
+        # The GPU training stack: vLLM 0.24.0 and torch 2.11 as verl 0.9.1 pins them.
+        "gpu": ["verl[vllm]==0.9.1"],
         "test": ["pytest>=8", "hypothesis>=6", "ruff>=0.6"],
     },
 )

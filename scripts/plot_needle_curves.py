@@ -30,6 +30,8 @@ import matplotlib.pyplot as plt
 import pyarrow.parquet as pq
 
 from sparse_video_r1 import needle
+from sparse_video_r1.curves import read_file_logger, rolling
+from sparse_video_r1.rollout_dump import read_jsonl
 
 #: Per-dialogue fields of the rollout dumps averaged per step.
 DUMP_FIELDS = ("accuracy", "hit_needle", "needle_distance", "proximity", "frames_used", "assistant_turns", "score")
@@ -37,17 +39,6 @@ DUMP_FIELDS = ("accuracy", "hit_needle", "needle_distance", "proximity", "frames
 VAL_FIELDS = ("accuracy", "hit_needle", "needle_distance", "frames_used", "assistant_turns")
 #: Training metrics copied per step.
 VERL_KEYS = {"step_s": "timing_s/step", "reward_mean": "critic/score/mean", "entropy": "actor/entropy"}
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """JSON lines; a torn last line (a run killed mid-write) is dropped."""
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows
 
 
 def _mean(values: Sequence[float]) -> float | None:
@@ -67,10 +58,7 @@ def step_stats(samples: Sequence[Mapping[str, Any]]) -> dict[str, float | int | 
 
 def run_curve(run: Path) -> list[dict[str, Any]]:
     """One row per step that has a rollout dump or a metrics line."""
-    metrics: dict[int, dict[str, Any]] = {}
-    for path in sorted(run.glob("metrics*.jsonl")):
-        for entry in read_jsonl(path):
-            metrics.setdefault(int(entry["step"]), {}).update(entry["data"])
+    metrics = read_file_logger(sorted(run.glob("metrics*.jsonl")))
     dumps = {int(path.stem): path for path in (run / "rollouts").glob("*.jsonl") if path.stem.isdigit()}
     rows = []
     for step in sorted(set(metrics) | set(dumps)):
@@ -90,10 +78,6 @@ def run_curve(run: Path) -> list[dict[str, Any]]:
 
 #: Steps in the rolling mean drawn over each training curve (one step is 64 dialogues: noisy).
 SMOOTHING = 10
-
-
-def rolling(values: Sequence[float], window: int, statistic: Any = statistics.fmean) -> list[float]:
-    return [statistic(values[max(0, i + 1 - window) : i + 1]) for i in range(len(values))]
 
 
 def plot_curves(curves: Mapping[str, list[dict[str, Any]]], path: Path) -> None:

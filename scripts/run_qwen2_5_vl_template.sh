@@ -37,10 +37,19 @@ FRAME_COST=${FRAME_COST:-0.0}
 
 PROJECT_NAME=${PROJECT_NAME:-sparse_video_r1}
 EXPERIMENT_NAME=${EXPERIMENT_NAME:-qwen2_5_vl_grpo_nextqa}
-LOGGER=${LOGGER:-'["console"]'}
 KEEP_CHECKPOINTS=${KEEP_CHECKPOINTS:-2}            # a 3B actor checkpoint is ~45 GB (float32 + Adam moments)
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+
+# Tracking: console plus TensorBoard files (no account). W&B: LOGGER='["console","wandb"]' (WANDB_MODE=offline
+# keeps it local). Curves: python -m sparse_video_r1.curves "$RUN_DIR"; dialogues of a step:
+# python -m sparse_video_r1.viewer rollouts "$RUN_DIR/rollouts" --step N. ROLLOUT_DATA_DIR= turns the dumps off.
+LOGGER=${LOGGER:-'["console","tensorboard"]'}
+RUN_DIR=${RUN_DIR:-${ROOT}/outputs/${PROJECT_NAME}/${EXPERIMENT_NAME}}
+export TENSORBOARD_DIR=${TENSORBOARD_DIR:-${RUN_DIR}/tensorboard}
+# verl's "file" logger truncates its file on start: one file per start keeps a resumed run's earlier steps.
+export VERL_FILE_LOGGER_PATH=${VERL_FILE_LOGGER_PATH:-${RUN_DIR}/metrics_$(date -u +%Y%m%dT%H%M%S).jsonl}
+ROLLOUT_DATA_DIR=${ROLLOUT_DATA_DIR-${RUN_DIR}/rollouts}
 
 overrides=(
   "data.train_files=${DATA_DIR}/train.parquet"
@@ -76,6 +85,7 @@ overrides=(
   "trainer.project_name=${PROJECT_NAME}"
   "trainer.experiment_name=${EXPERIMENT_NAME}"
   "trainer.logger=${LOGGER}"
+  "trainer.rollout_data_dir=${ROLLOUT_DATA_DIR:-null}"
   "trainer.save_freq=50"
   "trainer.max_actor_ckpt_to_keep=${KEEP_CHECKPOINTS}"
   "trainer.test_freq=25"
@@ -98,7 +108,8 @@ if [ "${PRINT_OVERRIDES:-0}" = 1 ]; then
   exit 0
 fi
 
-echo "NExT-QA release: ${ROW_DATA}; parquet: ${DATA_DIR}; model: ${MODEL_PATH}"
+echo "NExT-QA release: ${ROW_DATA}; parquet: ${DATA_DIR}; model: ${MODEL_PATH}; run: ${RUN_DIR}"
+mkdir -p "$RUN_DIR"
 cd "$ROOT"
 exec python3 -m verl.trainer.main_ppo --config-path="${ROOT}/configs" --config-name=sparse_video_grpo \
   "${overrides[@]}" "$@"

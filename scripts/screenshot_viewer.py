@@ -4,6 +4,7 @@
 
 EVAL_OUT is an ``sparse_video_r1.evaluate`` output folder: its ``dialogues.html`` is shot, or with ``--qids`` a
 page of just those dialogues (from ``dialogues_<method>.jsonl``), since a screenshot shows only the page's top.
+It may also be a page itself (``python -m sparse_video_r1.viewer rollouts ... --out page.html``).
 
 Needs Chromium (Debian: ``apt-get install -y chromium``). The page is opened from disk with networking and
 background services off, so the screenshot also shows that the page is self-contained.
@@ -64,7 +65,7 @@ def page_of(out: Path, qids: list[str], method: str, page: Path) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("out", type=Path, help="an evaluation output folder")
+    parser.add_argument("out", type=Path, help="an evaluation output folder, or an HTML page")
     parser.add_argument("png", type=Path)
     parser.add_argument("--qids", default="", help="comma-separated: shoot a page of just these dialogues")
     parser.add_argument("--method", default=eval_report.ADAPTIVE, help="whose dialogues --qids picks from")
@@ -74,7 +75,12 @@ def main() -> None:
     args = parser.parse_args()
     qids = [qid for qid in args.qids.split(",") if qid]
     with tempfile.TemporaryDirectory() as tmp:
-        page = page_of(args.out, qids, args.method, Path(tmp) / "page.html") if qids else args.out / "dialogues.html"
+        if args.out.suffix == ".html":
+            page = args.out
+        elif qids:
+            page = page_of(args.out, qids, args.method, Path(tmp) / "page.html")
+        else:
+            page = args.out / "dialogues.html"
         screenshot(page, args.png, width=args.width, height=args.height, browser=args.browser)
     print(f"wrote {args.png}")
 

@@ -123,6 +123,8 @@ class Observation:
     clamped: int = 0
     repeated: int = 0
     over_budget: int = 0
+    #: Per requested timestamp (clamped into the video), seconds to the nearest frame shown before the request.
+    distances: tuple[float, ...] = ()
 
     @property
     def images(self) -> list[Image.Image]:
@@ -148,6 +150,7 @@ class Episode:
     clamped_timestamps: int = 0
     repeated_timestamps: int = 0
     over_budget_timestamps: int = 0
+    request_distances: list[float] = field(default_factory=list)
 
     @property
     def done(self) -> bool:
@@ -242,6 +245,7 @@ class Episode:
         self.clamped_timestamps += observation.clamped
         self.repeated_timestamps += observation.repeated
         self.over_budget_timestamps += observation.over_budget
+        self.request_distances.extend(observation.distances)
 
     def stop(self, reason: StopReason) -> None:
         if self.stop_reason is None:
@@ -276,6 +280,7 @@ class Episode:
             "clamped_timestamps": self.clamped_timestamps,
             "repeated_timestamps": self.repeated_timestamps,
             "over_budget_timestamps": self.over_budget_timestamps,
+            "request_distances": list(self.request_distances),
             "video_duration": self.info.duration if self.info else None,
         }
 
@@ -284,6 +289,8 @@ class Episode:
         last = max(0.0, math.nextafter(self.info.duration, 0.0))
         clamped = [min(max(t, 0.0), last) for t in timestamps]
         n_clamped = sum(1 for t, c in zip(timestamps, clamped, strict=True) if t != c)
+        seen = [frame.timestamp for frame in self.frames]
+        distances = tuple(min((abs(t - s) for s in seen), default=self.info.duration) for t in clamped)
         shown = {frame.index for frame in self.frames}
         wanted: dict[int, float] = {}
         repeated = 0
@@ -311,6 +318,7 @@ class Episode:
             clamped=n_clamped,
             repeated=repeated,
             over_budget=over_budget,
+            distances=distances,
         )
 
 

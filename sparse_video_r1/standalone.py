@@ -7,7 +7,8 @@ actor-update benchmark also turn its outputs into the training batch verl's work
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Mapping
+import itertools
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -110,6 +111,11 @@ def to_training_batch(
     ]
     batch = AgentLoopWorker._postprocess(worker, samples, input_non_tensor_batch={"index": np.arange(len(outputs))})
     return samples, batch
+
+
+def image_runs(token_ids: Sequence[int], image_token_id: int) -> int:
+    """How many images a stretch of tokens holds: one run of ``<|image_pad|>`` each."""
+    return sum(1 for is_pad, _ in itertools.groupby(token_ids, key=lambda t: t == image_token_id) if is_pad)
 
 
 def split_turns(tokenizer: Any, output: AgentLoopOutput) -> list[Turn]:

@@ -6,14 +6,19 @@ scripts, no server), so it can be copied off a GPU host and opened anywhere.
 
 Turns come from :func:`sparse_video_r1.standalone.split_turns`; the frames of each environment turn are its
 image-pad runs, matched in order to ``multi_modal_data["images"]`` and ``shown_timestamps``.
+
+Training rollouts: ``python -m sparse_video_r1.viewer rollouts ROLLOUT_DATA_DIR [--step N]`` renders one step's
+dialogue records (:mod:`sparse_video_r1.rollout_dump`), decoding the shown frames again from the videos.
 """
 
 from __future__ import annotations
 
+import argparse
 import base64
 import html
 import io
 import itertools
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,8 +27,13 @@ from typing import Any
 from PIL import Image
 from verl.experimental.agent_loop.agent_loop import AgentLoopOutput
 
+from sparse_video_r1 import rollout_dump
+from sparse_video_r1.config import DialogueConfig
+from sparse_video_r1.frames import FrameSampler, VideoError, frame_index
 from sparse_video_r1.protocol import OPTION_LETTERS, format_timestamp
-from sparse_video_r1.standalone import split_turns
+from sparse_video_r1.standalone import image_runs, split_turns
+
+logger = logging.getLogger(__name__)
 
 #: Longest side of a stored thumbnail, in pixels (shown at half that, sharp on high-density screens).
 THUMB_SIDE = 192
@@ -64,6 +74,8 @@ class DialogueView:
     stop_reason: str
     video_duration: float | None
     turns: tuple[TurnView, ...]
+    #: The reward the dialogue got, where known (training rollouts).
+    reward: float | None = None
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -85,11 +97,6 @@ def thumbnail(image: Image.Image) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def _image_runs(token_ids: Sequence[int], image_token_id: int) -> int:
-    """How many images a stretch of tokens holds: one run of ``<|image_pad|>`` each."""
-    return sum(1 for is_pad, _ in itertools.groupby(token_ids, key=lambda t: t == image_token_id) if is_pad)
-
-
 def dialogue_view(
     output: AgentLoopOutput, question: Mapping[str, Any], tokenizer: Any, image_token_id: int, *, method: str
 ) -> DialogueView:
@@ -99,7 +106,7 @@ def dialogue_view(
     timestamps: list[float | None] = list(fields["shown_timestamps"])
     timestamps += [None] * (len(images) - len(timestamps))  # a failed video shows one untimed placeholder
     frames = [FrameView(t, thumbnail(image)) for t, image in zip(timestamps, images, strict=True)]
-    shown = _image_runs(output.prompt_ids, image_token_id)
+    shown = image_runs(output.prompt_ids, image_token_id)
     turns = [TurnView("environment", "", tuple(frames[:shown]))]
     segments = [
         [token for token, _ in group]
@@ -108,7 +115,7 @@ def dialogue_view(
         )
     ]
     for turn, segment in zip(split_turns(tokenizer, output), segments, strict=True):
-        count = _image_runs(segment, image_token_id)
+        count = image_runs(segment, image_token_id)
         if turn.text or count:  # a dialogue that ended before the model spoke has one blank pad token
             turns.append(TurnView(turn.speaker, turn.text, tuple(frames[shown : shown + count])))
         shown += count
@@ -242,7 +249,8 @@ def render_dialogue(view: DialogueView) -> str:
         f'<section class="dialogue" id="{html.escape(view.qid)}">',
         f"<h2>{html.escape(view.question)}</h2>",
         f'<div class="meta">qid {html.escape(view.qid)} · {html.escape(view.method)} · '
-        f"video {format_timestamp(duration)} · stop: {html.escape(view.stop_reason)} · {_verdict(view)}</div>",
+        f"video {format_timestamp(duration)} · stop: {html.escape(view.stop_reason)} · {_verdict(view)}"
+        f"{'' if view.reward is None else f' · reward {view.reward:.3f}'}</div>",
         f'<ul class="options">{"".join(options)}</ul>',
     ]
     earlier: list[float] = []
@@ -289,5 +297,86 @@ def render_html(views: Sequence[DialogueView], *, title: str = "Sparse-Video-R1 
     )
 
 
-def write_html(path: str | Path, views: Sequence[DialogueView]) -> None:
-    Path(path).write_text(render_html(views), encoding="utf-8")
+def write_html(path: str | Path, views: Sequence[DialogueView], *, title: str = "Sparse-Video-R1 dialogues") -> None:
+    Path(path).write_text(render_html(views, title=title), encoding="utf-8")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Training rollouts (``trainer.rollout_data_dir``)
+
+
+def rollout_view(record: Mapping[str, Any], sampler: FrameSampler) -> DialogueView:
+    """A training dialogue record (:mod:`sparse_video_r1.rollout_dump`) with its frames decoded again from the video.
+
+    The shown frames' timestamps are the decoded frames' own, so fetching them again gives the frames the
+    policy saw (at the viewer's pixel budget). A video that cannot be read now shows no frames.
+    """
+    shown = [float(t) for t in record.get("shown_timestamps") or []]
+    frames: list[FrameView] = []
+    try:
+        if shown:
+            info = sampler.info(record["video_path"])
+            by_index = {frame.index: frame for frame in sampler.fetch(record["video_path"], shown)}
+            decoded = [by_index[frame_index(info, t)] for t in shown]  # fetch sorts; the dialogue's order is kept
+            frames = [FrameView(t, thumbnail(frame.image)) for t, frame in zip(shown, decoded, strict=True)]
+    except VideoError as error:
+        logger.warning("%s: %s; showing its dialogue without frames", record.get("qid"), error)
+    turns_frames = [int(turn.get("frames", 0)) for turn in record["turns"]]
+    opening = max(len(frames) - sum(turns_frames), 0)
+    turns = [TurnView("environment", "", tuple(frames[:opening]))]
+    cursor = opening
+    for turn, count in zip(record["turns"], turns_frames, strict=True):
+        if turn["text"] or count:
+            turns.append(TurnView(turn["speaker"], turn["text"], tuple(frames[cursor : cursor + count])))
+        cursor += count
+    reward = record.get("score")
+    parts = str(record["uid"]).rsplit("_", 2)  # verl's v1 trajectory key: <prompt uid>_<rollout>_<output>
+    rollout = f"/r{parts[1]}" if len(parts) == 3 and parts[1].isdigit() else ""
+    return DialogueView(
+        qid=f"{record.get('qid') or record['uid']}{rollout}",
+        method=f"training step {record['step']} · {record['uid']}",
+        question=str(record.get("question") or ""),
+        options=tuple(str(option) for option in record.get("options") or ()),
+        answer=record.get("answer"),
+        predicted_answer=record.get("predicted_answer"),
+        stop_reason=str(record.get("stop_reason")),
+        video_duration=record.get("video_duration"),
+        turns=tuple(turns),
+        reward=None if reward is None else float(reward),
+    )
+
+
+def render_rollouts(rollout_data_dir: Path, step: int | None, out: Path, *, limit: int, max_pixels: int) -> Path:
+    """Write the page of one training step's dialogues (the last step with records when ``step`` is None)."""
+    available = rollout_dump.steps(rollout_data_dir)
+    if not available:
+        raise FileNotFoundError(f"no dialogue records under {rollout_data_dir / rollout_dump.DIALOGUES_DIR}")
+    step = available[-1] if step is None else step
+    if step not in available:
+        raise FileNotFoundError(f"step {step} has no dialogue records; steps with records: {available}")
+    records = rollout_dump.read_step(rollout_data_dir, step)[:limit]
+    sampler = FrameSampler.from_config(DialogueConfig(max_pixels=max_pixels, min_pixels=min(max_pixels, 3136)))
+    views = [rollout_view(record, sampler) for record in records]
+    write_html(out, views, title=f"Training rollouts, step {step}")
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Render dialogues as a static HTML page.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    rollouts = commands.add_parser("rollouts", help="one training step of trainer.rollout_data_dir")
+    rollouts.add_argument("rollout_data_dir", type=Path)
+    rollouts.add_argument("--step", type=int, default=None, help="default: the last step with records")
+    rollouts.add_argument("--out", type=Path, default=None, help="default: ROLLOUT_DATA_DIR/step_<N>.html")
+    rollouts.add_argument("--limit", type=int, default=64, help="dialogues on the page, in the dump's order")
+    rollouts.add_argument("--max-pixels", type=int, default=64 * 28 * 28, help="decode budget per frame")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
+    step = args.step if args.step is not None else (rollout_dump.steps(args.rollout_data_dir) or [0])[-1]
+    out = args.out or args.rollout_data_dir / f"step_{step}.html"
+    render_rollouts(args.rollout_data_dir, args.step, out, limit=args.limit, max_pixels=args.max_pixels)
+    logger.info("wrote %s", out)
+
+
+if __name__ == "__main__":
+    main()

@@ -93,3 +93,22 @@ def test_the_attention_default_follows_whether_flash_attn_imports():
     has_flash_attn = importlib.util.find_spec("flash_attn") is not None
     cfg = compose_training_config(template_overrides())
     assert cfg.actor_rollout_ref.model.use_remove_padding is has_flash_attn
+
+
+def test_default_tracker_is_local_and_the_v1_sampler_reports_dialogue_metrics():
+    from verl.utils.import_utils import load_extern_object
+
+    from sparse_video_r1.verl_metrics import dialogue_metrics_replay_buffer
+
+    cfg = compose_training_config(template_overrides(MODEL_PATH="/models/qwen", RUN_DIR="/runs/a"))
+    assert list(cfg.trainer.logger) == ["console", "tensorboard"]
+    assert cfg.trainer.use_v1 and cfg.trainer.rollout_data_dir == "/runs/a/rollouts"
+    sampler = cfg.trainer.v1.sampler
+    assert (
+        load_extern_object(sampler.custom_sampler.path, sampler.custom_sampler.name) is dialogue_metrics_replay_buffer
+    )
+    assert sampler.sampler_kwargs.rollout_data_dir == "/runs/a/rollouts"
+    assert sampler.sampler_kwargs.tokenizer_path == "/models/qwen"
+    wandb = compose_training_config(template_overrides(LOGGER='["console","wandb"]', ROLLOUT_DATA_DIR=""))
+    assert list(wandb.trainer.logger) == ["console", "wandb"]
+    assert wandb.trainer.rollout_data_dir is None and wandb.trainer.v1.sampler.sampler_kwargs.rollout_data_dir is None

@@ -19,6 +19,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from PIL import Image
+from verl.utils.import_utils import load_class_from_fqn
 
 from sparse_video_r1 import needle
 from sparse_video_r1.config import DialogueConfig, from_mapping
@@ -27,6 +28,7 @@ from sparse_video_r1.dialogue import Episode, VideoQA
 from sparse_video_r1.frames import FrameSampler
 from sparse_video_r1.protocol import OPTION_LETTERS, FrameRequest, parse_turn
 from sparse_video_r1.sft import Trace, replay
+from sparse_video_r1.verl_metrics import DialogueMetricsAgentLoopManager
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -310,6 +312,9 @@ def test_gpu_script_overrides_compose_into_the_needle_runs_config(tmp_path: Path
     assert cfg.actor_rollout_ref.rollout.engine_kwargs.vllm.kv_cache_memory_bytes == 4 << 30
     assert cfg.actor_rollout_ref.rollout.limit_images == needle.DIALOGUE.max_total_frames
     assert cfg.algorithm.rollout_correction.bypass_mode and cfg.algorithm.rollout_correction.rollout_is is None
+    # The legacy trainer logs the dialogue metrics (timing_s/dialogue/...) through this manager.
+    manager = load_class_from_fqn(cfg.actor_rollout_ref.rollout.agent.agent_loop_manager_class, "AgentLoopManager")
+    assert manager is DialogueMetricsAgentLoopManager and not cfg.trainer.use_v1
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -66,6 +66,7 @@ overrides=(
   "sparse_video.max_turns=3"
   "sparse_video.max_tokens_per_turn=96"
   "trainer.use_v1=False"
+  "+actor_rollout_ref.rollout.agent.agent_loop_manager_class=sparse_video_r1.verl_metrics.DialogueMetricsAgentLoopManager"
   "trainer.n_gpus_per_node=1"
   "trainer.nnodes=1"
   "trainer.total_training_steps=$STEPS"

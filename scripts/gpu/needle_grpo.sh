@@ -115,6 +115,7 @@ overrides() {  # overrides RUN_NAME LOSS_ON
     "++reward.custom_reward_function.reward_kwargs.proximity_weight=$PROXIMITY" \
     "+ray_kwargs.ray_init.address=local" \
     "trainer.use_v1=False" \
+    "+actor_rollout_ref.rollout.agent.agent_loop_manager_class=sparse_video_r1.verl_metrics.DialogueMetricsAgentLoopManager" \
     "trainer.n_gpus_per_node=1" \
     "trainer.nnodes=1" \
     "trainer.total_epochs=1000" \
