@@ -136,6 +136,21 @@ def step_metrics(run: Path) -> dict[int, dict[str, Any]]:
     raise FileNotFoundError(f"{run}: no metrics.jsonl, grpo.log or console.log")
 
 
+def record_stats(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per-step dialogue statistics from the dialogue records (``rollouts/dialogues/<step>.jsonl``)."""
+    stops = [record["stop_reason"] for record in records]
+    return {
+        "samples": len(records),
+        "mean_frames": statistics.fmean(record["frames_used"] for record in records),
+        "mean_assistant_turns": statistics.fmean(record["assistant_turns"] for record in records),
+        "share_requested_frames": statistics.fmean(float(record["requested_frames"] > 0) for record in records),
+        "share_multi_turn": statistics.fmean(float(record["assistant_turns"] > 1) for record in records),
+        "multi_turn_samples": sum(1 for record in records if record["assistant_turns"] > 1),
+        "share_all_turns_parsed": 1.0 - sum(stop in ("invalid_turn", "truncated") for stop in stops) / len(stops),
+        **{f"stop/{reason}": stops.count(reason) / len(stops) for reason in sorted(set(stops))},
+    }
+
+
 def summarize(run: Path) -> dict[str, Any]:
     metrics = step_metrics(run)
     steps = []
@@ -145,9 +160,13 @@ def summarize(run: Path) -> dict[str, Any]:
         row.update({name: verl_value(data, key) for name, key in VERL_KEYS.items()})
         dump = run / "rollouts" / f"{step}.jsonl"
         samples = read_jsonl(dump) if dump.is_file() else []
-        # verl's v1 trainer dumps training rollouts without the reward's per-sample fields.
+        records = run / "rollouts" / "dialogues" / f"{step}.jsonl"
         if samples and "accuracy" in samples[0]:
             row.update(rollout_stats(samples))
+        elif records.is_file():
+            # verl's v1 trainer dumps training rollouts without the reward's per-sample fields; the dialogue
+            # records our metrics hook writes beside them carry the agent loop's.
+            row.update(record_stats(read_jsonl(records)))
         steps.append(row)
     command = run / "command.txt"
     sft = run / "sft_metrics.json"

@@ -57,11 +57,11 @@ overrides=(
   "trainer.val_before_train=False"
   "trainer.test_freq=-1"
   "trainer.save_freq=-1"
-  "trainer.logger=[console,file]"
+  "trainer.logger=[console,tensorboard,file]"
   "trainer.rollout_data_dir=$OUT/rollouts"
   "$@"
 )
-host=(N_GPUS=1 "MODEL_PATH=$WORK/sft" "DATA_DIR=$WORK/data" "ROW_DATA=$WORK/raw" "HF_HOME=$WORK/hf_home"
+host=(N_GPUS=1 "RUN_DIR=$OUT" "MODEL_PATH=$WORK/sft" "DATA_DIR=$WORK/data" "ROW_DATA=$WORK/raw" "HF_HOME=$WORK/hf_home"
       "TRAIN_BATCH_SIZE=$QUESTIONS" "PPO_MINI_BATCH_SIZE=$QUESTIONS"
       "GPU_MEMORY_UTILIZATION=${GPU_MEMORY_UTILIZATION:-0.35}" "VERL_FILE_LOGGER_PATH=$OUT/metrics.jsonl")
 echo "${host[*]} sh train.sh ${overrides[*]}" > "$OUT/command.txt"
