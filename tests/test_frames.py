@@ -99,7 +99,7 @@ def assert_frames_match(frames_: list[TimedFrame], clip: Clip, timestamps: list[
     assert [f.index for f in frames_] == expected
     for frame in frames_:
         assert read_frame_index(frame.image) == frame.index
-        assert frame.timestamp == frame.index / clip.fps
+        assert frame.timestamp == pytest.approx(frame.index / clip.fps, rel=1e-9, abs=1e-12)  # its own pts
         assert frame.image.mode == "RGB"
 
 
@@ -272,14 +272,31 @@ def test_missing_file_raises_not_found(sampler: FrameSampler, tmp_path: Path) ->
     assert caught.value.reason == "missing" and caught.value.path == str(path)
 
 
-def test_garbage_frame_data_raises_decode_failed_and_drops_the_reader(broken: dict[str, Path]) -> None:
+def test_garbage_frame_data_fails_only_the_frames_it_breaks(broken: dict[str, Path]) -> None:
+    """The last three coded frames are random bytes: frames the decoder cannot rebuild are ``decode_failed``,
+    counted per video, and every other frame is still served by the same reader."""
     own = FrameSampler(min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS)
     path = str(broken["garbage"])
-    assert own.info(path).num_frames == 30
-    with pytest.raises(DecodeFailedError) as caught:
-        own.fetch(path, [0.0, 0.99])
-    assert caught.value.reason == "decode_failed" and path in str(caught.value)
-    assert path not in own.open_paths
+    info = own.info(path)
+    assert info.num_frames == 30
+    lost = []
+    for index in range(info.num_frames):
+        try:
+            (frame,) = own.fetch(path, [info.frame_time(index)])
+        except DecodeFailedError as error:
+            assert error.reason == "decode_failed" and path in str(error) and f"{index} (" in str(error)
+            lost.append(index)
+            continue
+        if index < 27:  # before the damage every frame is intact
+            assert read_frame_index(frame.image) == index
+    assert lost and min(lost) >= 27
+    assert own.lost_frames(path) == len(lost) == own.stats().frames_lost
+    assert own.open_paths == (path,)  # the reader was kept: damage is not a reason to reopen the file
+    decoded = own.stats().frames_decoded
+    with pytest.raises(DecodeFailedError):  # a lost frame stays lost, without decoding its GOP again
+        own.fetch(path, [0.0, info.frame_time(lost[0])])
+    assert own.stats().frames_decoded == decoded
+    assert [read_frame_index(f.image) for f in own.fetch(path, [0.0, 0.5])] == [0, 15]
 
 
 def test_errors_survive_pickling_with_class_path_and_reason() -> None:

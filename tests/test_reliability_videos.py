@@ -221,12 +221,6 @@ def test_variable_frame_rate_frames_decode_in_order(sampler: FrameSampler, video
     assert [frame.index for frame in frames] == painted(frames)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="FrameSampler maps t -> floor(t * average fps); a VFR video needs its per-frame pts "
-    "to return the frame shown at t, labelled with its own pts",
-)
 def test_variable_frame_rate_returns_the_frame_shown_at_each_time(
     sampler: FrameSampler, videos: dict[str, Path]
 ) -> None:
@@ -249,12 +243,6 @@ def test_out_of_order_timestamps_serve_real_frames_without_error(
     assert set(painted(frames)) <= set(range(info.num_frames))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="the decoder hands frames out in decoding order; when a malformed mux puts a packet's pts after "
-    "a later packet's, the sampler shows the frame on screen before it instead of buffering to reorder",
-)
 def test_out_of_order_timestamps_serve_frames_in_presentation_order(
     sampler: FrameSampler, videos: dict[str, Path]
 ) -> None:
