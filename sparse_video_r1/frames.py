@@ -399,6 +399,7 @@ class _Reader:
             if index >= self._floor:
                 self._ready[index] = frame
         frame = self._ready.pop(target, None)
+        self._floor = target + 1  # handed out (or lost): asking for it again means decoding it again
         if frame is None:
             logger.debug("frame %d did not come out of the decoder: lost", target)
         return frame

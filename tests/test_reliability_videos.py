@@ -23,6 +23,8 @@ from verl.utils.tokenizer import hf_processor, hf_tokenizer
 
 from sparse_video_r1.config import IMAGE_FACTOR
 from sparse_video_r1.dialogue import StopReason
+from sparse_video_r1.eval_report import summarize
+from sparse_video_r1.evaluate import RunClock, make_record
 from sparse_video_r1.frames import (
     DecodeFailedError,
     FrameSampler,
@@ -302,6 +304,23 @@ def test_one_batch_of_every_video_completes_with_each_outcome_recorded(batch) ->
             assert fields["predicted_answer"] is None and sum(output.response_mask) == 0, name
             assert StopReason(stop) is not StopReason.ANSWERED
     assert outputs[list(IN_A_BATCH).index("corrupted_gop")].extra_fields["assistant_turns"] == 1
+
+
+def test_evaluation_records_keep_the_failure_reason(batch) -> None:
+    """An evaluation record says why a video failed (``decode_failed``, ``unreadable``...), not just ``video_error``."""
+    _, outputs = batch
+    clock = RunClock()
+    for name, output in zip(IN_A_BATCH, outputs, strict=True):
+        question = {"qid": name, "question_type": "CW", "answer": 2}
+        record = make_record(question, output, image_token_id=-1, seconds=0.0, run=clock)
+        assert (record["stop_reason"], record["failure_reason"]) == IN_A_BATCH[name], name
+    failures = summarize(
+        [
+            make_record({"qid": n, "question_type": "CW", "answer": 2}, o, image_token_id=-1, seconds=0.0, run=clock)
+            for n, o in zip(IN_A_BATCH, outputs, strict=True)
+        ]
+    )["failure_reasons"]
+    assert failures == {"decode_failed": 1, "missing": 1, "unreadable": 6}
 
 
 def test_failed_samples_score_zero_accuracy_and_zero_format(batch) -> None:
