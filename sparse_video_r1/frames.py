@@ -20,9 +20,19 @@ sampler is built to decode each stretch of video as few times as possible (``ben
   (keyed by path and frame index), and requests that wait for the same video are merged into the next
   decoding pass, which visits their frames in order, so each GOP is decoded once for all of them.
 
-Timestamps map to frames as ``floor(t * fps)`` under a constant-frame-rate assumption (the stream's average
-fps); frame ``i`` is the one with the ``i``-th smallest presentation timestamp. Each returned frame carries
-the *actual* timestamp ``index / fps`` so the model is told what it really saw.
+Timing is by each frame's own presentation timestamp, never an average rate: opening a video scans its
+packets once (the pts index, ~10 ms per minute of video) into the display time of every frame; frame ``i``
+is the ``i``-th shown, a time maps to the frame whose display interval contains it, and each returned frame
+is labelled with its own display time, so the model is told when what it saw was on screen. Times count
+from the first frame shown (an edit list's cut or a late start is not part of the clip; frames an edit list
+hides are decoded as references but never shown). AVI packets carry decode-order counters, not display
+times, so an AVI's display order is taken from one full decode when it is opened (the decoder reorders
+B-frames). Variable frame rate, gaps, open GOPs and malformed muxes whose pts run backwards are therefore
+served frame-accurately (``tests/test_frame_accuracy.py`` checks a generated corpus of each).
+
+Damage costs only what it breaks: a packet the decoder rejects is skipped and decoding goes on, and a frame
+that never comes out of the decoder is *lost* (``DecodeFailedError`` for requests that need it, counted per
+video); the reader stays open and serves every other frame.
 """
 
 from __future__ import annotations
@@ -371,6 +381,13 @@ class _Reader:
             filled += 1
         return out[:filled], lost
 
+    def close(self) -> None:
+        """Free the decoder, its frames and the file now; the reader must not be used again."""
+        self._decoding = None  # the generators refer back to the reader: dropping them breaks the cycle
+        self._ready.clear()
+        self._first = None
+        self._container.close()
+
     def _pixels(self, frame: av.VideoFrame) -> np.ndarray:
         width, height = (self.height, self.width) if self._rotation % 2 else (self.width, self.height)
         pixels = self._reformatter.reformat(
@@ -465,6 +482,23 @@ class _OpenVideo:
     abandoned: bool = False
     wanted: set[int] = field(default_factory=set)
     lost: set[int] = field(default_factory=set)
+    retired: bool = False  # evicted while in use: whoever holds ``lock`` closes the reader when done
+    stuck: bool = False  # a timed-out decode may still be running on the reader: never close it
+
+    def retire(self) -> None:
+        """Give the reader up for good and close it now, or as soon as the call using it is done.
+
+        A reader's decoding generators refer back to it, so a dropped one lingers (file, decoder, frames)
+        until the cyclic garbage collector runs; closing it frees them at once.
+        """
+        self.abandoned = True
+        if self.lock.acquire(blocking=False):
+            try:
+                self.reader.close()
+            finally:
+                self.lock.release()
+        else:
+            self.retired = True
 
 
 class _FrameCache:
@@ -654,10 +688,13 @@ class FrameSampler:
         )
 
     def close(self) -> None:
-        """Drop every open reader (a file closes when its reader is garbage-collected) and every cached frame."""
+        """Close every open reader (those in use close when their call is done) and drop every cached frame."""
         with self._lock:
+            videos = list(self._videos.values())
             self._videos.clear()
             self._frames.clear()
+        for video in videos:
+            video.retire()
 
     def _count(self, **increments: float) -> None:
         current = vars(self._stats)
@@ -672,39 +709,46 @@ class FrameSampler:
                 with self._lock:
                     video.wanted.update(missing)
             with video.lock:
-                if video.abandoned:  # a call we queued behind gave this reader up; open a fresh one
-                    logger.debug("reader of %s was abandoned while this call waited for it; reopening", key)
-                    continue
-                if merge and self._merge_window_s:
-                    with self._lock:
-                        pending = any((key, i) not in self._frames for i in missing)
-                    if pending:
-                        time.sleep(self._merge_window_s)  # let siblings queue up for this pass
-                with self._lock:
-                    # Frames the pass we waited behind decoded for us count as hits too.
-                    done = {i: image for i in missing if (image := self._frames.get((key, i))) is not None}
-                    todo = [i for i in missing if i not in done]
-                    batch = todo
-                    if merge and todo:
-                        batch = sorted({*todo, *(i for i in video.wanted if (key, i) not in self._frames)})
-                        video.wanted.clear()  # every wanted frame is now cached or in this batch
-                    self._count(cache_hits=len(done))
-                if not todo:
-                    return done
                 try:
-                    images = self._decode_locked(key, video, batch)
-                except DecodeFailedError:
-                    if len(batch) == len(todo):
-                        raise
-                    # Another request's frame may be the broken one; retry with ours alone on a fresh reader.
-                    logger.debug("merged decode of %s failed; retrying frames %s alone", key, todo)
-                    merge = False
-                    continue
-                lost = [i for i in todo if i not in images]
-                if lost:
-                    raise self._lost_error(key, video.info, lost, len(video.lost))
-            done.update((i, images[i]) for i in todo)
-            return done
+                    if video.abandoned:  # a call we queued behind gave this reader up; open a fresh one
+                        logger.debug("reader of %s was abandoned while this call waited for it; reopening", key)
+                        continue
+                    if merge and self._merge_window_s:
+                        with self._lock:
+                            pending = any((key, i) not in self._frames for i in missing)
+                        if pending:
+                            time.sleep(self._merge_window_s)  # let siblings queue up for this pass
+                    with self._lock:
+                        # Frames the pass we waited behind decoded for us count as hits too.
+                        done = {i: image for i in missing if (image := self._frames.get((key, i))) is not None}
+                        todo = [i for i in missing if i not in done]
+                        batch = todo
+                        if merge and todo:
+                            batch = sorted({*todo, *(i for i in video.wanted if (key, i) not in self._frames)})
+                            video.wanted.clear()  # every wanted frame is now cached or in this batch
+                        self._count(cache_hits=len(done))
+                    if not todo:
+                        return done
+                    lost = sorted(video.lost.intersection(todo))  # found lost by the pass we waited behind
+                    if lost:
+                        raise self._lost_error(key, video.info, lost, len(video.lost))
+                    try:
+                        images = self._decode_locked(key, video, batch)
+                    except DecodeFailedError:
+                        if len(batch) == len(todo):
+                            raise
+                        # Another request's frame may be the broken one; retry with ours alone on a fresh reader.
+                        logger.debug("merged decode of %s failed; retrying frames %s alone", key, todo)
+                        merge = False
+                        continue
+                    lost = [i for i in todo if i not in images]
+                    if lost:
+                        raise self._lost_error(key, video.info, lost, len(video.lost))
+                    done.update((i, images[i]) for i in todo)
+                    return done
+                finally:
+                    if video.retired and not video.stuck:  # evicted while this call used it
+                        video.reader.close()
 
     def _decode_locked(self, key: str, video: _OpenVideo, batch: list[int]) -> dict[int, Image.Image]:
         """Decode ``batch`` with ``video``'s reader (its lock held) and cache the frames; lost ones are left out."""
@@ -718,6 +762,7 @@ class FrameSampler:
                 timeout_s=self._decode_timeout_s,
             )
         except DecodeTimeoutError:
+            video.stuck = True
             self._abandon(key, video)
             raise
         except Exception as error:
@@ -773,13 +818,17 @@ class FrameSampler:
                 del self._opening[key]
             opening.set_exception(error)
             raise
+        retiring: list[_OpenVideo] = []
         with self._lock:
             del self._opening[key]
             self._videos[key] = video
             self._count(videos_opened=1)
             while len(self._videos) > self._max_open_videos:
-                evicted, _ = self._videos.popitem(last=False)
+                evicted, old = self._videos.popitem(last=False)
+                retiring.append(old)
                 logger.debug("evicted reader of %s (more than %d videos open)", evicted, self._max_open_videos)
+        for old in retiring:
+            old.retire()
         opening.set_result(video)
         return video
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
+import os
 import pickle
 import random
 import threading
@@ -247,6 +249,23 @@ def test_reader_cache_is_a_bounded_lru(clips: dict[str, Clip], caplog: pytest.Lo
         assert len(lru.open_paths) <= 2
     lru.close()
     assert lru.open_paths == ()
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts open files through /proc/self/fd (Linux)")
+def test_evicted_readers_release_their_files_at_once(clips: dict[str, Clip]) -> None:
+    """A reader's decoding generators refer back to it; eviction closes it rather than wait for the cyclic GC."""
+    lru = FrameSampler(min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS, max_open_videos=2)
+    gc.collect()
+    gc.disable()
+    try:
+        before = len(os.listdir("/proc/self/fd"))
+        for clip in [clips[f"small{i}"] for i in range(5)] * 3:
+            assert_frames_match(lru.fetch(clip.path, [0.3, 10.0]), clip, [0.3, 10.0])
+        assert len(os.listdir("/proc/self/fd")) <= before + 2  # the two open readers' files, no more
+        lru.close()
+        assert len(os.listdir("/proc/self/fd")) <= before
+    finally:
+        gc.enable()
 
 
 @pytest.mark.parametrize(
