@@ -283,7 +283,10 @@ class _Reader:
                 shown.append(position)
         self._dpos_of: dict[int, int] = {key: position for position, key in enumerate(keys)}
         # Decode position of each shown frame, in display order.
-        order = sorted(shown, key=keys.__getitem__) if self._by_pts else self._display_order_by_decoding(keys)
+        if self._by_pts:  # a pts given twice (a broken mux) is one display slot: the first packet's
+            order = sorted({keys[position]: position for position in reversed(shown)}.values(), key=keys.__getitem__)
+        else:
+            order = self._display_order_by_decoding(keys)
         self._order = order
         self._slot_of: dict[int, int] = {keys[position]: slot for slot, position in enumerate(order)}
         self.num_frames = len(order)
@@ -294,7 +297,10 @@ class _Reader:
         self.times = np.array([(stamp - origin) * base.numerator / base.denominator for stamp in stamps])
         rate = self._stream.average_rate or self._stream.guessed_rate
         intervals = np.diff(self.times)
-        typical = float(np.median(intervals)) if len(intervals) else (1 / float(rate) if rate else 0.0)
+        # The median interval (np.median's first call imports half a second of numpy; a sort does not).
+        typical = (
+            float(np.sort(intervals)[len(intervals) // 2]) if len(intervals) else (1 / float(rate) if rate else 0.0)
+        )
         last = durations[order[-1]] * base.numerator / base.denominator if order else 0.0
         if not (last > 0 and (not typical or 0.5 * typical <= last <= 2 * typical)):
             last = typical  # encoders often leave the last packet's duration unset or wrong
