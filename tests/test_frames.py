@@ -115,6 +115,21 @@ def test_info_reports_frames_fps_and_duration(sampler: FrameSampler, clips: dict
     assert sampler.info(str(clip.path)) is info  # opened once, then served from the cache
 
 
+def test_the_pts_index_is_built_once_per_video_and_timed(clips: dict[str, Clip]) -> None:
+    own = FrameSampler(min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS)
+    infos = [own.info(clips[name].path) for name in ("gop16", "ntsc")]
+    for _ in range(3):
+        for info in infos:
+            own.fetch(info.path, [0.0, info.duration / 2])
+            assert own.info(info.path) is info
+    stats = own.stats()
+    assert stats.videos_opened == 2 and stats.index_seconds > 0
+    assert stats.indexed_seconds == pytest.approx(sum(info.duration for info in infos))
+    for info, name in zip(infos, ("gop16", "ntsc"), strict=True):  # one display time per frame, from its pts
+        assert info.frame_times is not None and len(info.frame_times) == clips[name].num_frames
+        assert np.allclose(info.frame_times, np.arange(info.num_frames) / clips[name].fps, atol=1e-9)
+
+
 @pytest.mark.parametrize("name", ["gop16", "default_gop", "ntsc", "large"])
 def test_timestamps_fetch_the_frame_shown_at_that_time(
     sampler: FrameSampler, clips: dict[str, Clip], name: str

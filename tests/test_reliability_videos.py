@@ -43,6 +43,8 @@ MAX_PIXELS = 64 * IMAGE_FACTOR * IMAGE_FACTOR
 VFR_PTS_MS = [0, 100, 200, 300, 400, 500, 1500, 2500, 3500, 4500, 5500, *range(5533, 5533 + 9 * 33, 33)]
 #: Packets of the out-of-order video are muxed in this presentation order (a malformed but muxable file).
 SHUFFLED_ORDER = [0, 1, 2, 5, 3, 4, 6, 7, 9, 8]
+#: Packets 1 and 2, and 5 and 6, claim the same presentation slot (a broken mux).
+DUPLICATED_ORDER = [0, 1, 1, 2, 3, 4, 4, 5]
 #: The GOP of frames 30..39 is zeroed in ``corrupted_gop``; 15 and 45 (the initial frames) still decode.
 ZEROED_FRAMES = range(30, 40)
 
@@ -133,6 +135,7 @@ def videos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "rotated": write_video(root / "rotated.mp4", pts_ms=range(0, 2000, 100), width=96, height=64, rotation=90),
         "vfr": write_video(root / "vfr.mp4", pts_ms=VFR_PTS_MS),
         "out_of_order": write_out_of_order(root / "out_of_order.mp4", SHUFFLED_ORDER),
+        "duplicate_pts": write_out_of_order(root / "duplicate_pts.mp4", DUPLICATED_ORDER),
         "single_frame": write_index_video(root / "single_frame.mp4", num_frames=1, fps=FPS),
         "two_hours": write_index_video(root / "two_hours.mp4", num_frames=7200, fps=1.0),
     }
@@ -252,6 +255,15 @@ def test_out_of_order_timestamps_serve_frames_in_presentation_order(
     frames = sampler.fetch(videos["out_of_order"], [i / info.fps for i in range(info.num_frames)])
     shown = sorted(range(len(SHUFFLED_ORDER)), key=SHUFFLED_ORDER.__getitem__)  # painted index in each slot
     assert painted(frames) == shown
+
+
+def test_a_pts_muxed_twice_is_one_frame_showing_the_first_packet(
+    sampler: FrameSampler, videos: dict[str, Path]
+) -> None:
+    info = sampler.info(videos["duplicate_pts"])
+    assert info.num_frames == len(set(DUPLICATED_ORDER))
+    frames = sampler.fetch(videos["duplicate_pts"], [info.frame_time(i) for i in range(info.num_frames)])
+    assert painted(frames) == [DUPLICATED_ORDER.index(slot) for slot in sorted(set(DUPLICATED_ORDER))]
 
 
 # ---------------------------------------------------------------------------------------------------
