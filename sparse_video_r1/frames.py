@@ -242,6 +242,7 @@ class _Reader:
         self.frames_decoded = 0
         self.seeks = 0
         self.decode_errors = 0
+        self.closed = False
         self._decoding: Iterator[tuple[int, av.VideoFrame]] | None = None
         self._ready: dict[int, av.VideoFrame] = {}  # decoded, not yet handed out, at or past ``_floor``
         self._floor = 0  # frames before this one were passed over since the last seek
@@ -308,15 +309,17 @@ class _Reader:
         self.fps = float(rate) if rate else (self.num_frames / self.duration if self.duration > 0 else 0.0)
         # Where decoding may start: keyframes by their display rank (a keyframe an edit list hides ranks
         # just before the next shown frame); a seek to rank -1 starts at the first packet.
-        ranks, seek_to = [-1.0], [min(keys) if keys else 0]
-        shown_keys = sorted(keys[p] for p in order) if self._by_pts else None
+        ranks: list[float] = [-1.0]
+        seek_to = [min(keys) if keys else 0]
+        shown_keys = sorted(keys[p] for p in order) if self._by_pts else []
         for position in keyframes:
             slot = self._slot_of.get(keys[position])
-            if slot is None:
-                if not self._by_pts:
-                    continue
-                slot = bisect.bisect_left(shown_keys, keys[position]) - 0.5
-            ranks.append(float(slot))
+            if slot is not None:
+                ranks.append(float(slot))
+            elif self._by_pts:
+                ranks.append(bisect.bisect_left(shown_keys, keys[position]) - 0.5)
+            else:
+                continue
             seek_to.append(keys[position])
         pairs = sorted(set(zip(ranks, seek_to, strict=True)))
         self._key_ranks = [rank for rank, _ in pairs]
@@ -388,11 +391,13 @@ class _Reader:
         return out[:filled], lost
 
     def close(self) -> None:
-        """Free the decoder, its frames and the file now; the reader must not be used again."""
+        """Free the decoder, its frames and the file now (a second call does nothing); do not use it again."""
         self._decoding = None  # the generators refer back to the reader: dropping them breaks the cycle
         self._ready.clear()
         self._first = None
-        self._container.close()
+        if not self.closed:
+            self.closed = True
+            self._container.close()
 
     def _pixels(self, frame: av.VideoFrame) -> np.ndarray:
         width, height = (self.height, self.width) if self._rotation % 2 else (self.width, self.height)
@@ -498,13 +503,13 @@ class _OpenVideo:
         until the cyclic garbage collector runs; closing it frees them at once.
         """
         self.abandoned = True
-        if self.lock.acquire(blocking=False):
+        self.retired = True  # the call holding ``lock`` closes it when done ...
+        if self.lock.acquire(blocking=False):  # ... unless nobody holds it (or that call just finished)
             try:
-                self.reader.close()
+                if not self.stuck:
+                    self.reader.close()
             finally:
                 self.lock.release()
-        else:
-            self.retired = True
 
 
 class _FrameCache:
