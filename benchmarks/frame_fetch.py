@@ -18,7 +18,9 @@ machine noise hits all of them alike:
   same load. The JSON also has ``floor_from_rates``: the same work at the best-of-3 sequential decode and
   conversion rates measured at the start (the issue's definition; optimistic on a loaded machine).
 
-It then measures peak RSS of a process that fetches from many videos, to show the reader cache bounds memory.
+It then measures peak RSS of a process that fetches from many videos, to show the reader cache bounds memory,
+and what building a video's pts index costs when it is opened (once per video), per minute of video: the
+packet scan of each mp4, and of H.264 AVI copies of the 30 s videos, whose display order takes a decode.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import math
 import os
 import random
 import subprocess
@@ -62,6 +65,7 @@ from qwen_vl_utils import smart_resize
 
 from sparse_video_r1.config import IMAGE_FACTOR, DialogueConfig
 from sparse_video_r1.frames import FrameSampler, VideoInfo, frame_index, resize_to_budget
+from sparse_video_r1.synthetic import write_index_video
 
 SECONDS = (30, 60, 90)
 BUDGET = DialogueConfig()  # the training defaults: 16-128 visual tokens per frame
@@ -183,6 +187,7 @@ def run_latency(
         entry: dict[str, Any] = {
             "videos": [str(p.name) for p in group],
             "sampler_open_ms_mean": 1e3 * sum(opening) / len(opening),
+            "pts_index_ms_per_minute": 60e3 * stats.index_seconds / stats.indexed_seconds,
             "decode_rates": {p.name: vars(rates[p]) for p in group},
             "frames_decoded_per_request": {
                 "sampler": stats.frames_decoded / len(plan),
@@ -214,6 +219,43 @@ def run_latency(
         entry["floor_cpu_total_s"] = sum(cpu["floor"])
         results[f"keyint_{keyint}"] = entry
     return results, rows
+
+
+def run_index(paths: Sequence[Path], repeats: int = 3) -> tuple[list[dict[str, Any]], list[list[Any]]]:
+    """Seconds to open each video (the pts index is built then, once per video), best of ``repeats``."""
+    results, rows = [], []
+    for path in paths:
+        best = math.inf
+        for _ in range(repeats):
+            sampler = FrameSampler(min_pixels=BUDGET.min_pixels, max_pixels=BUDGET.max_pixels, frame_cache_bytes=0)
+            sampler.info(path)
+            stats = sampler.stats()
+            sampler.close()
+            best = min(best, stats.index_seconds)
+        minutes = stats.indexed_seconds / 60
+        results.append(
+            {"video": path.name, "index_s": best, "video_minutes": minutes, "ms_per_minute": 1e3 * best / minutes}
+        )
+        rows.append([path.name, 60 * minutes, 1e3 * best, 1e3 * best / minutes])
+    return results, rows
+
+
+def ensure_avi(path: Path, folder: Path) -> Path:
+    """An H.264 AVI with the same pictures, keyframe interval and B-frames as a benchmark mp4, written once."""
+    out = folder / path.with_suffix(".avi").name
+    if not out.exists():
+        info = open_reader(path)[1]
+        partial = out.with_suffix(".partial.avi")
+        write_index_video(
+            partial,
+            num_frames=info.num_frames,
+            fps=info.fps,
+            width=WIDTH,
+            height=HEIGHT,
+            keyframe_interval=keyint_of(path),
+        )
+        partial.rename(out)
+    return out
 
 
 def keyint_of(path: Path) -> int:
@@ -309,6 +351,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     rates = {path: measure_decode_rates(path, width=OUT_WIDTH, height=OUT_HEIGHT) for path in paths}
     latency, latency_rows = run_latency(videos, rates, args.requests, args.sequential_requests, args.seed)
     rss, rss_rows = run_rss(paths, args.rss_videos)
+    index, index_rows = run_index(
+        [*paths, *(ensure_avi(p, args.videos) for p in paths if p.name.startswith("index_30s"))]
+    )
     rate_rows = [[p.name, r.decode_fps, r.convert_ms, r.decord_sequential_fps] for p, r in rates.items()]
     table = "\n\n".join(
         [
@@ -326,10 +371,12 @@ def main(argv: Sequence[str] | None = None) -> None:
             + format_table(
                 ["videos", "max_open_videos", "frame_cache_mb", "after imports", "peak", "growth"], rss_rows
             ),
+            "building the pts index when a video is opened (once per video; best of 3)\n"
+            + format_table(["video", "seconds of video", "index ms", "ms per minute of video"], index_rows),
         ]
     )
     print(table)
-    payload = {"load_average_before": load_before, "latency": latency, "rss": rss}
+    payload = {"load_average_before": load_before, "latency": latency, "rss": rss, "pts_index": index}
     write_outputs("frame_fetch", payload, table, args.out)
 
 

@@ -14,13 +14,15 @@ from pathlib import Path
 from typing import Any
 
 from sparse_video_r1.data.nextqa import QUESTION_GROUPS
-from sparse_video_r1.dialogue import StopReason
+from sparse_video_r1.dialogue import ENVIRONMENT_FAILURES, StopReason
 
 #: The adaptive policy's method name; the plot draws it apart from the uniform baselines.
 ADAPTIVE = "adaptive"
 GROUP_ORDER = ("Causal", "Temporal", "Descriptive")
 OTHER_GROUP = "Other"
 UNKNOWN_TYPE = "unknown"
+#: Stop reasons whose records carry a ``failure_reason`` (the sampler's slug, or an exception class).
+_FAILURES = frozenset(reason.value for reason in ENVIRONMENT_FAILURES)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -71,6 +73,9 @@ def summarize(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         for record in records
         if record["stop_reason"] == StopReason.INVALID_TURN.value
     )
+    failure_reasons = Counter(
+        record.get("failure_reason") or UNKNOWN_TYPE for record in records if record["stop_reason"] in _FAILURES
+    )
     n = len(records)
     frames = [r["frames_used"] for r in records]
     tokens = [r["visual_tokens"] for r in records]
@@ -88,6 +93,7 @@ def summarize(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "answered_share": _share(stops[StopReason.ANSWERED.value], n),
         "invalid_share": _share(stops[StopReason.INVALID_TURN.value], n),
         "invalid_reasons": dict(sorted(invalid_reasons.items())),
+        "failure_reasons": dict(sorted(failure_reasons.items())),
         "truncated_share": _share(stops[StopReason.TRUNCATED.value], n),
         "context_limit_share": _share(stops[StopReason.CONTEXT_LIMIT.value], n),
         "dialogue_seconds_mean": _mean([r["seconds"] for r in records]),

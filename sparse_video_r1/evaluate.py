@@ -178,6 +178,8 @@ def make_record(
         "correct": fields["predicted_answer"] is not None and fields["predicted_answer"] == answer,
         "stop_reason": fields["stop_reason"],
         "invalid_reason": fields["invalid_reason"],
+        # Why a ``video_error`` / ``error`` sample failed (``decode_failed``, ``unreadable``, an exception class).
+        "failure_reason": fields.get("failure_reason"),
         "frames_used": fields["frames_used"],
         "visual_tokens": count_image_tokens(output, image_token_id),
         "assistant_turns": fields["assistant_turns"],

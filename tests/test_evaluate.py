@@ -41,6 +41,7 @@ METRICS = {
     "answered_share",
     "invalid_share",
     "invalid_reasons",
+    "failure_reasons",
     "truncated_share",
     "context_limit_share",
     "dialogue_seconds_mean",
@@ -231,8 +232,16 @@ def test_summarize_hand_made_records():
         record("DL", False, "truncated", frames_used=2),
         record(None, True, "answered"),
         record("DO", False, "context_limit", visual_tokens=100),
+        record("DC", False, "video_error", failure_reason="decode_failed"),
+        record("DC", False, "video_error", failure_reason="unreadable"),
+        record("TP", False, "decode_timeout", failure_reason="decode_timeout"),
     ]
     metrics = eval_report.summarize(records)
+    assert metrics["stop_reasons"]["video_error"] == 2
+    assert metrics["failure_reasons"] == {"decode_failed": 1, "decode_timeout": 1, "unreadable": 1}
+    records = records[:7]
+    metrics = eval_report.summarize(records)
+    assert metrics["failure_reasons"] == {}
     assert (metrics["n"], metrics["correct"]) == (7, 4)
     assert metrics["accuracy"] == pytest.approx(4 / 7)
     assert list(metrics["accuracy_by_group"]) == ["Causal", "Temporal", "Descriptive", "Other"]

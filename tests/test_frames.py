@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
+import os
 import pickle
 import random
 import threading
@@ -99,7 +101,7 @@ def assert_frames_match(frames_: list[TimedFrame], clip: Clip, timestamps: list[
     assert [f.index for f in frames_] == expected
     for frame in frames_:
         assert read_frame_index(frame.image) == frame.index
-        assert frame.timestamp == frame.index / clip.fps
+        assert frame.timestamp == pytest.approx(frame.index / clip.fps, rel=1e-9, abs=1e-12)  # its own pts
         assert frame.image.mode == "RGB"
 
 
@@ -111,6 +113,21 @@ def test_info_reports_frames_fps_and_duration(sampler: FrameSampler, clips: dict
     assert info.fps == pytest.approx(clip.fps, rel=1e-9)
     assert info.duration == pytest.approx(clip.num_frames / clip.fps)
     assert sampler.info(str(clip.path)) is info  # opened once, then served from the cache
+
+
+def test_the_pts_index_is_built_once_per_video_and_timed(clips: dict[str, Clip]) -> None:
+    own = FrameSampler(min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS)
+    infos = [own.info(clips[name].path) for name in ("gop16", "ntsc")]
+    for _ in range(3):
+        for info in infos:
+            own.fetch(info.path, [0.0, info.duration / 2])
+            assert own.info(info.path) is info
+    stats = own.stats()
+    assert stats.videos_opened == 2 and stats.index_seconds > 0
+    assert stats.indexed_seconds == pytest.approx(sum(info.duration for info in infos))
+    for info, name in zip(infos, ("gop16", "ntsc"), strict=True):  # one display time per frame, from its pts
+        assert info.frame_times is not None and len(info.frame_times) == clips[name].num_frames
+        assert np.allclose(info.frame_times, np.arange(info.num_frames) / clips[name].fps, atol=1e-9)
 
 
 @pytest.mark.parametrize("name", ["gop16", "default_gop", "ntsc", "large"])
@@ -249,6 +266,23 @@ def test_reader_cache_is_a_bounded_lru(clips: dict[str, Clip], caplog: pytest.Lo
     assert lru.open_paths == ()
 
 
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts open files through /proc/self/fd (Linux)")
+def test_evicted_readers_release_their_files_at_once(clips: dict[str, Clip]) -> None:
+    """A reader's decoding generators refer back to it; eviction closes it rather than wait for the cyclic GC."""
+    lru = FrameSampler(min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS, max_open_videos=2)
+    gc.collect()
+    gc.disable()
+    try:
+        before = len(os.listdir("/proc/self/fd"))
+        for clip in [clips[f"small{i}"] for i in range(5)] * 3:
+            assert_frames_match(lru.fetch(clip.path, [0.3, 10.0]), clip, [0.3, 10.0])
+        assert len(os.listdir("/proc/self/fd")) <= before + 2  # the two open readers' files, no more
+        lru.close()
+        assert len(os.listdir("/proc/self/fd")) <= before
+    finally:
+        gc.enable()
+
+
 @pytest.mark.parametrize(
     ("name", "error"),
     [("zero", VideoUnreadableError), ("text", VideoUnreadableError), ("folder", VideoUnreadableError)],
@@ -272,14 +306,31 @@ def test_missing_file_raises_not_found(sampler: FrameSampler, tmp_path: Path) ->
     assert caught.value.reason == "missing" and caught.value.path == str(path)
 
 
-def test_garbage_frame_data_raises_decode_failed_and_drops_the_reader(broken: dict[str, Path]) -> None:
+def test_garbage_frame_data_fails_only_the_frames_it_breaks(broken: dict[str, Path]) -> None:
+    """The last three coded frames are random bytes: frames the decoder cannot rebuild are ``decode_failed``,
+    counted per video, and every other frame is still served by the same reader."""
     own = FrameSampler(min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS)
     path = str(broken["garbage"])
-    assert own.info(path).num_frames == 30
-    with pytest.raises(DecodeFailedError) as caught:
-        own.fetch(path, [0.0, 0.99])
-    assert caught.value.reason == "decode_failed" and path in str(caught.value)
-    assert path not in own.open_paths
+    info = own.info(path)
+    assert info.num_frames == 30
+    lost = []
+    for index in range(info.num_frames):
+        try:
+            (frame,) = own.fetch(path, [info.frame_time(index)])
+        except DecodeFailedError as error:
+            assert error.reason == "decode_failed" and path in str(error) and f"{index} (" in str(error)
+            lost.append(index)
+            continue
+        if index < 27:  # before the damage every frame is intact
+            assert read_frame_index(frame.image) == index
+    assert lost and min(lost) >= 27
+    assert own.lost_frames(path) == len(lost) == own.stats().frames_lost
+    assert own.open_paths == (path,)  # the reader was kept: damage is not a reason to reopen the file
+    decoded = own.stats().frames_decoded
+    with pytest.raises(DecodeFailedError):  # a lost frame stays lost, without decoding its GOP again
+        own.fetch(path, [0.0, info.frame_time(lost[0])])
+    assert own.stats().frames_decoded == decoded
+    assert [read_frame_index(f.image) for f in own.fetch(path, [0.0, 0.5])] == [0, 15]
 
 
 def test_errors_survive_pickling_with_class_path_and_reason() -> None:

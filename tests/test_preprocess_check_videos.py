@@ -14,6 +14,7 @@ from test_reliability_videos import zero_frames
 
 from sparse_video_r1.data import preprocess_split, read_nextqa_split
 from sparse_video_r1.data.nextqa import load_video_map, video_file
+from sparse_video_r1.data.preprocess import format_report
 from sparse_video_r1.data.video_check import check_videos
 from sparse_video_r1.synthetic import write_index_video
 
@@ -98,3 +99,17 @@ def test_the_probe_names_each_kind_of_bad_video(tmp_path: Path) -> None:
         "truncated": "unreadable",
         "middle_gop_zeroed": "decode_failed",  # the probe decodes the middle frame, 30
     }
+
+
+def test_the_report_prints_each_problem_under_its_own_reason(tmp_path: Path) -> None:
+    """A video that opens but cannot decode the frame the probe asks for is ``decode_failed:``, not ``unreadable:``."""
+    root = make_raw_root(tmp_path / "raw")
+    empty, damaged = (video_file(root, MAPPING[video]) for video in (ZERO_BYTES, TEXT))  # train keeps a good one
+    empty.write_bytes(b"")
+    good = write_index_video(tmp_path / "good.mp4", num_frames=60, fps=10.0, keyframe_interval=10)
+    zero_frames(good, damaged, range(30, 40))  # the middle GOP, which the probe decodes
+    report = preprocess_split(read_nextqa_split(root, "train"), tmp_path / "out", check=True, check_workers=2)
+    assert report.unreadable_videos == {"decode_failed": 1, "unreadable": 1}
+    quoted = [line.split(": ")[:2] for line in format_report([report]).splitlines() if line.startswith("  ")]
+    labelled = {path: label.strip() for label, path in quoted}
+    assert labelled[str(damaged)] == "decode_failed" and labelled[str(empty)] == "unreadable"

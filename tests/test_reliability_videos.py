@@ -23,6 +23,8 @@ from verl.utils.tokenizer import hf_processor, hf_tokenizer
 
 from sparse_video_r1.config import IMAGE_FACTOR
 from sparse_video_r1.dialogue import StopReason
+from sparse_video_r1.eval_report import summarize
+from sparse_video_r1.evaluate import RunClock, make_record
 from sparse_video_r1.frames import (
     DecodeFailedError,
     FrameSampler,
@@ -41,6 +43,8 @@ MAX_PIXELS = 64 * IMAGE_FACTOR * IMAGE_FACTOR
 VFR_PTS_MS = [0, 100, 200, 300, 400, 500, 1500, 2500, 3500, 4500, 5500, *range(5533, 5533 + 9 * 33, 33)]
 #: Packets of the out-of-order video are muxed in this presentation order (a malformed but muxable file).
 SHUFFLED_ORDER = [0, 1, 2, 5, 3, 4, 6, 7, 9, 8]
+#: Packets 1 and 2, and 5 and 6, claim the same presentation slot (a broken mux).
+DUPLICATED_ORDER = [0, 1, 1, 2, 3, 4, 4, 5]
 #: The GOP of frames 30..39 is zeroed in ``corrupted_gop``; 15 and 45 (the initial frames) still decode.
 ZEROED_FRAMES = range(30, 40)
 
@@ -131,6 +135,7 @@ def videos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "rotated": write_video(root / "rotated.mp4", pts_ms=range(0, 2000, 100), width=96, height=64, rotation=90),
         "vfr": write_video(root / "vfr.mp4", pts_ms=VFR_PTS_MS),
         "out_of_order": write_out_of_order(root / "out_of_order.mp4", SHUFFLED_ORDER),
+        "duplicate_pts": write_out_of_order(root / "duplicate_pts.mp4", DUPLICATED_ORDER),
         "single_frame": write_index_video(root / "single_frame.mp4", num_frames=1, fps=FPS),
         "two_hours": write_index_video(root / "two_hours.mp4", num_frames=7200, fps=1.0),
     }
@@ -221,12 +226,6 @@ def test_variable_frame_rate_frames_decode_in_order(sampler: FrameSampler, video
     assert [frame.index for frame in frames] == painted(frames)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="FrameSampler maps t -> floor(t * average fps); a VFR video needs its per-frame pts "
-    "to return the frame shown at t, labelled with its own pts",
-)
 def test_variable_frame_rate_returns_the_frame_shown_at_each_time(
     sampler: FrameSampler, videos: dict[str, Path]
 ) -> None:
@@ -249,12 +248,6 @@ def test_out_of_order_timestamps_serve_real_frames_without_error(
     assert set(painted(frames)) <= set(range(info.num_frames))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="the decoder hands frames out in decoding order; when a malformed mux puts a packet's pts after "
-    "a later packet's, the sampler shows the frame on screen before it instead of buffering to reorder",
-)
 def test_out_of_order_timestamps_serve_frames_in_presentation_order(
     sampler: FrameSampler, videos: dict[str, Path]
 ) -> None:
@@ -262,6 +255,15 @@ def test_out_of_order_timestamps_serve_frames_in_presentation_order(
     frames = sampler.fetch(videos["out_of_order"], [i / info.fps for i in range(info.num_frames)])
     shown = sorted(range(len(SHUFFLED_ORDER)), key=SHUFFLED_ORDER.__getitem__)  # painted index in each slot
     assert painted(frames) == shown
+
+
+def test_a_pts_muxed_twice_is_one_frame_showing_the_first_packet(
+    sampler: FrameSampler, videos: dict[str, Path]
+) -> None:
+    info = sampler.info(videos["duplicate_pts"])
+    assert info.num_frames == len(set(DUPLICATED_ORDER))
+    frames = sampler.fetch(videos["duplicate_pts"], [info.frame_time(i) for i in range(info.num_frames)])
+    assert painted(frames) == [DUPLICATED_ORDER.index(slot) for slot in sorted(set(DUPLICATED_ORDER))]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -314,6 +316,23 @@ def test_one_batch_of_every_video_completes_with_each_outcome_recorded(batch) ->
             assert fields["predicted_answer"] is None and sum(output.response_mask) == 0, name
             assert StopReason(stop) is not StopReason.ANSWERED
     assert outputs[list(IN_A_BATCH).index("corrupted_gop")].extra_fields["assistant_turns"] == 1
+
+
+def test_evaluation_records_keep_the_failure_reason(batch) -> None:
+    """An evaluation record says why a video failed (``decode_failed``, ``unreadable``...), not just ``video_error``."""
+    _, outputs = batch
+    clock = RunClock()
+    for name, output in zip(IN_A_BATCH, outputs, strict=True):
+        question = {"qid": name, "question_type": "CW", "answer": 2}
+        record = make_record(question, output, image_token_id=-1, seconds=0.0, run=clock)
+        assert (record["stop_reason"], record["failure_reason"]) == IN_A_BATCH[name], name
+    failures = summarize(
+        [
+            make_record({"qid": n, "question_type": "CW", "answer": 2}, o, image_token_id=-1, seconds=0.0, run=clock)
+            for n, o in zip(IN_A_BATCH, outputs, strict=True)
+        ]
+    )["failure_reasons"]
+    assert failures == {"decode_failed": 1, "missing": 1, "unreadable": 6}
 
 
 def test_failed_samples_score_zero_accuracy_and_zero_format(batch) -> None:

@@ -29,7 +29,8 @@ class SplitReport:
     """What happened to one split: rows in the file, rows written, and why the others were left out.
 
     ``unreadable_videos`` is None when the videos were not probed, else unreadable videos counted by reason;
-    ``unreadable_examples`` quotes the sampler's message for a few of them.
+    ``unreadable_examples`` quotes the sampler's message for a few of them, and ``unreadable_example_reasons``
+    their reasons (``decode_failed`` is not ``unreadable``: the report prints each under its own label).
     """
 
     split: str
@@ -44,6 +45,7 @@ class SplitReport:
     unreadable_video_rows: int = 0
     unreadable_videos: dict[str, int] | None = None
     unreadable_examples: tuple[str, ...] = ()
+    unreadable_example_reasons: tuple[str, ...] = ()
 
 
 def preprocess_split(
@@ -101,6 +103,7 @@ def preprocess_split(
         unreadable_video_rows=len(unreadable),
         unreadable_videos=None if problems is None else dict(Counter(p.reason for p in problems.values())),
         unreadable_examples=tuple(p.detail for p in list((problems or {}).values())[:MISSING_EXAMPLES]),
+        unreadable_example_reasons=tuple(p.reason for p in list((problems or {}).values())[:MISSING_EXAMPLES]),
     )
 
 
@@ -155,7 +158,8 @@ def format_report(reports: Sequence[SplitReport]) -> str:
         lines.extend(f"  missing: {path}" for path in r.missing_examples)
         if r.missing_videos > len(r.missing_examples):
             lines.append(f"  ... and {r.missing_videos - len(r.missing_examples)} more missing videos")
-        lines.extend(f"  unreadable: {detail}" for detail in r.unreadable_examples)
+        reasons = r.unreadable_example_reasons or ("unreadable",) * len(r.unreadable_examples)
+        lines.extend(f"  {reason}: {detail}" for reason, detail in zip(reasons, r.unreadable_examples, strict=True))
         extra = sum((r.unreadable_videos or {}).values()) - len(r.unreadable_examples)
         if extra > 0:
             lines.append(f"  ... and {extra} more unreadable videos")
