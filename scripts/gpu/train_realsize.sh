@@ -10,6 +10,7 @@
 # of the one GPU the actor also lives on), the paths; attention falls back to sdpa by itself. Fewer questions
 # per step than the default 32 (QUESTIONS, with PPO_MINI_BATCH_SIZE equal) so that STEPS fit one machine.
 # STAGE=prepare|train|all (default all); WORK (default /tmp/svr1_realsize) holds model, data and checkpoint.
+# 7B: SHAPE=7b SFT_PRECISION=bfloat16, and the template's PARAM_OFFLOAD=True exported.
 # Writes OUT_DIR/{build.log,sft.log,sft_metrics.json,grpo.log,metrics.jsonl,rollouts/,gpu_memory.csv,summary.json}.
 set -euo pipefail
 OUT=$(mkdir -p "${1:?usage: train_realsize.sh OUT_DIR ANNOTATIONS_DIR}" && cd "$1" && pwd)
@@ -37,9 +38,12 @@ if [ "$STAGE" != train ]; then
   # The preprocessing train.sh runs when the parquet files are missing; the cold start needs them first.
   "$PY" dataset/NExT_QA.py --raw "$WORK/raw" --out "$WORK/data" --splits train val
   "$PY" -m sparse_video_r1.sft make-traces --data "$WORK/data/train.parquet" --out "$WORK/traces.jsonl"
-  # Float32 weights and AdamW states with bfloat16 compute: exact updates for a model learning from random.
+  # Float32 weights and AdamW states with bfloat16 compute: exact updates for a model learning from random
+  # (16 bytes a parameter: 60 GiB at 3B). SFT_PRECISION=bfloat16 keeps 8 (a 7B's 62 GiB fits one GPU).
+  if [ "${SFT_PRECISION:-mixed}" = bfloat16 ]; then precision=(--dtype bfloat16); else
+    precision=(--dtype float32 --autocast bfloat16); fi
   "$PY" -m sparse_video_r1.sft train --model "$WORK/model" --traces "$WORK/traces.jsonl" --out "$WORK/sft" \
-    --device "$DEVICE" --epochs "$SFT_EPOCHS" --lr "$SFT_LR" --dtype float32 --autocast bfloat16 \
+    --device "$DEVICE" --epochs "$SFT_EPOCHS" --lr "$SFT_LR" "${precision[@]}" \
     --warmup-steps 20 --max-grad-norm 1.0 --gradient-checkpointing 2>&1 | tee "$OUT/sft.log"
   cp "$WORK/sft/sft_metrics.json" "$OUT/"
 fi
