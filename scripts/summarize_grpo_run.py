@@ -17,6 +17,9 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from sparse_video_r1.dialogue import StopReason
+from sparse_video_r1.dialogue_metrics import PREFIX, dialogue_metrics
+
 #: verl metric keys copied per step (missing ones are reported as null); a tuple lists the names the key has
 #: in verl's legacy trainer and in its v1 trainer, first found wins.
 VERL_KEYS: dict[str, str | tuple[str, ...]] = {
@@ -137,17 +140,21 @@ def step_metrics(run: Path) -> dict[int, dict[str, Any]]:
 
 
 def record_stats(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per-step dialogue statistics from the dialogue records (``rollouts/dialogues/<step>.jsonl``)."""
-    stops = [record["stop_reason"] for record in records]
+    """Per-step dialogue statistics from the dialogue records (``rollouts/dialogues/<step>.jsonl``).
+
+    The means and stop rates are the training metrics' own reduction (:func:`dialogue_metrics`).
+    """
+    metrics = dialogue_metrics(records)
+    stops = {reason.value: metrics[f"{PREFIX}/stop/{reason.value}"] for reason in StopReason}
     return {
         "samples": len(records),
-        "mean_frames": statistics.fmean(record["frames_used"] for record in records),
-        "mean_assistant_turns": statistics.fmean(record["assistant_turns"] for record in records),
+        "mean_frames": metrics[f"{PREFIX}/frames_shown/mean"],
+        "mean_assistant_turns": metrics[f"{PREFIX}/assistant_turns/mean"],
         "share_requested_frames": statistics.fmean(float(record["requested_frames"] > 0) for record in records),
         "share_multi_turn": statistics.fmean(float(record["assistant_turns"] > 1) for record in records),
         "multi_turn_samples": sum(1 for record in records if record["assistant_turns"] > 1),
-        "share_all_turns_parsed": 1.0 - sum(stop in ("invalid_turn", "truncated") for stop in stops) / len(stops),
-        **{f"stop/{reason}": stops.count(reason) / len(stops) for reason in sorted(set(stops))},
+        "share_all_turns_parsed": 1.0 - stops["invalid_turn"] - stops["truncated"],
+        **{f"stop/{reason}": rate for reason, rate in stops.items()},
     }
 
 
