@@ -251,24 +251,8 @@ SHAPES: dict[str, ModelShape] = {
 }
 
 
-def build_config(
-    tokenizer: Qwen2Tokenizer,
-    *,
-    text_hidden: int = 128,
-    text_layers: int = 2,
-    vision_hidden: int = 64,
-    vision_depth: int = 2,
-    shape: ModelShape | None = None,
-) -> Qwen2_5_VLConfig:
-    """A Qwen2.5-VL config whose token ids are the tokenizer's (vLLM reads them from the config).
-
-    ``shape`` gives every dimension; without it, a tiny shape is made from the four widths and depths.
-    """
-    if shape is None:
-        shape = ModelShape(
-            text_hidden, 2 * text_hidden, text_layers, 4, 2, vision_hidden, 2 * vision_hidden, vision_depth, 2,
-            (vision_depth - 1,),
-        )  # fmt: skip
+def build_config(tokenizer: Qwen2Tokenizer, *, shape: ModelShape = SHAPES["tiny"]) -> Qwen2_5_VLConfig:
+    """A Qwen2.5-VL config of ``shape`` whose token ids are the tokenizer's (vLLM reads them from the config)."""
     head_dim = shape.text_hidden // shape.text_heads
     if head_dim % 2 or head_dim < 8:
         raise ValueError(f"text_hidden={shape.text_hidden} gives head_dim={head_dim}; need an even head_dim >= 8")
@@ -323,12 +307,8 @@ def build_tiny_qwen2_5_vl(
     out_dir: str | Path,
     *,
     seed: int = 0,
-    text_hidden: int = 128,
-    text_layers: int = 2,
-    vision_hidden: int = 64,
-    vision_depth: int = 2,
     vocab_corpus: Iterable[str] | None = None,
-    shape: ModelShape | None = None,
+    shape: ModelShape = SHAPES["tiny"],
     device: str = "cpu",
 ) -> Path:
     """Write a loadable random Qwen2.5-VL (bf16 weights, tokenizer, processor, generation config) to ``out_dir``.
@@ -341,14 +321,7 @@ def build_tiny_qwen2_5_vl(
     # The tokenizer ignores ``seed`` so token ids stay the same whichever weights a test draws.
     tokenizer = train_tokenizer(vocab_corpus if vocab_corpus is not None else default_corpus())
     processor = build_processor(tokenizer)
-    config = build_config(
-        tokenizer,
-        text_hidden=text_hidden,
-        text_layers=text_layers,
-        vision_hidden=vision_hidden,
-        vision_depth=vision_depth,
-        shape=shape,
-    )
+    config = build_config(tokenizer, shape=shape)
     started = time.perf_counter()
     with torch.random.fork_rng(devices=[]), torch.device(device):
         torch.manual_seed(seed)
