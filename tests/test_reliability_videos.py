@@ -20,6 +20,7 @@ from PIL import Image
 from test_agent_loop import FPS, REQUEST, make_loop, row, run_loop
 from test_reward import verl_extra_info
 from verl.utils.tokenizer import hf_processor, hf_tokenizer
+from video_corpus import encode_video
 
 from sparse_video_r1.config import IMAGE_FACTOR
 from sparse_video_r1.dialogue import StopReason
@@ -53,20 +54,9 @@ def write_video(
     path: Path, *, pts_ms: Sequence[int], width: int = 64, height: int = 48, rotation: int | None = None
 ) -> Path:
     """An H.264 mp4 whose frame ``i`` paints index ``i`` and is shown at ``pts_ms[i]`` milliseconds."""
-    time_base = Fraction(1, 1000)
-    with av.open(str(path), mode="w") as container:
-        stream = container.add_stream("libx264", rate=10)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.codec_context.time_base = time_base
-        stream.time_base = time_base
-        if rotation is not None:
-            stream.set_display_rotation(rotation)
-        for index, pts in enumerate(pts_ms):
-            frame = av.VideoFrame.from_ndarray(index_image(index, width=width, height=height), format="rgb24")
-            frame.pts, frame.time_base = pts, time_base
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode(None))
-    return path
+    return encode_video(
+        path, pts_ms, time_base=Fraction(1, 1000), width=width, height=height, rate=10, rotation=rotation
+    )
 
 
 def write_out_of_order(path: Path, order: Sequence[int]) -> Path:

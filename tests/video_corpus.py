@@ -36,11 +36,14 @@ class CorpusVideo:
     times: tuple[float, ...]
 
 
-def _encode(
+def encode_video(
     path: Path,
     pts: Sequence[int],
     *,
     time_base: Fraction,
+    width: int = WIDTH,
+    height: int = HEIGHT,
+    rate: int | None = None,
     codec: str = "libx264",
     container_format: str | None = None,
     options: dict[str, str] | None = None,
@@ -50,8 +53,10 @@ def _encode(
 ) -> Path:
     """Encode frame ``i`` (painting ``i``) with presentation timestamp ``pts[i]`` in ``time_base``."""
     with av.open(str(path), mode="w", format=container_format) as container:
-        stream = container.add_stream(codec, rate=round(1 / time_base) if time_base.numerator == 1 else 25)
-        stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, "yuv420p"
+        if rate is None:
+            rate = round(1 / time_base) if time_base.numerator == 1 else 25
+        stream = container.add_stream(codec, rate=rate)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.codec_context.time_base = time_base
         if container_format != "avi":  # AVI has one tick per frame: its time base is the frame rate
             stream.time_base = time_base
@@ -64,7 +69,7 @@ def _encode(
         if rotation is not None:
             stream.set_display_rotation(rotation)
         for index, value in enumerate(pts):
-            frame = av.VideoFrame.from_ndarray(index_image(index, width=WIDTH, height=HEIGHT), format="rgb24")
+            frame = av.VideoFrame.from_ndarray(index_image(index, width=width, height=height), format="rgb24")
             frame.pts, frame.time_base = value, time_base
             container.mux(stream.encode(frame))
         container.mux(stream.encode(None))
@@ -76,7 +81,7 @@ def _x264(keyint: int, bframes: int = 3, extra: str = "") -> dict[str, str]:
 
 
 def _cfr(name: str, path: Path, count: int, fps: int, **kwargs: object) -> CorpusVideo:
-    _encode(path, range(count), time_base=Fraction(1, fps), **kwargs)  # type: ignore[arg-type]
+    encode_video(path, range(count), time_base=Fraction(1, fps), **kwargs)  # type: ignore[arg-type]
     return CorpusVideo(name, path, tuple(range(count)), tuple(i / fps for i in range(count)))
 
 
@@ -97,14 +102,14 @@ def vfr_pts_ms(seed: int = 0) -> list[int]:
 
 def _vfr(name: str, path: Path) -> CorpusVideo:
     pts = vfr_pts_ms()
-    _encode(path, pts, time_base=Fraction(1, 1000), options=_x264(12))
+    encode_video(path, pts, time_base=Fraction(1, 1000), options=_x264(12))
     return CorpusVideo(name, path, tuple(range(len(pts))), tuple(p / 1000 for p in pts))
 
 
 def _late_start(name: str, path: Path) -> CorpusVideo:
     """First frame at 0.6 s (an mp4 edit list with an empty edit, as a cut or a delayed stream has)."""
     pts = [600 + 40 * i for i in range(40)]
-    _encode(path, pts, time_base=Fraction(1, 1000), options=_x264(10))
+    encode_video(path, pts, time_base=Fraction(1, 1000), options=_x264(10))
     return CorpusVideo(name, path, tuple(range(40)), tuple(p / 1000 - 0.6 for p in pts))
 
 
@@ -112,7 +117,7 @@ def _edit_cut(name: str, path: Path) -> CorpusVideo:
     """Frames 0-6 have negative pts: the edit list starts the clip at frame 7, mid-GOP (as a stream copy cut does)."""
     cut = 7
     pts = [i - cut for i in range(40)]
-    _encode(path, pts, time_base=Fraction(1, 25), options=_x264(10))
+    encode_video(path, pts, time_base=Fraction(1, 25), options=_x264(10))
     return CorpusVideo(name, path, tuple(range(cut, 40)), tuple((i - cut) / 25 for i in range(cut, 40)))
 
 
