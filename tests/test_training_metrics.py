@@ -280,16 +280,22 @@ def test_viewer_renders_a_training_step_with_its_frames_decoded_again(v1_run, ou
     assert "Training rollouts, step 1" in (run / "rollouts" / "step_1.html").read_text()
 
 
-def test_legacy_trainer_path_reports_dialogue_metrics_as_timing_of_generation(
-    agent_loop, outputs, rows, training_config, tmp_path
-):
-    from sparse_video_r1.verl_metrics import DialogueStepReport, legacy_step_metrics
-
+def _legacy_samples(agent_loop, outputs, rows, training_config):
+    """The scoring worker and each output through the legacy worker's own per-sample post-processing."""
     worker = _score(agent_loop, outputs, rows, training_config)
     samples = [
         worker.loop.run_until_complete(AgentLoopWorker._agent_loop_postprocess(worker, o, validate=False, **row))
         for o, row in zip(outputs, rows, strict=True)
     ]
+    return worker, samples
+
+
+def test_legacy_trainer_path_reports_dialogue_metrics_as_timing_of_generation(
+    agent_loop, outputs, rows, training_config, tmp_path
+):
+    from sparse_video_r1.verl_metrics import DialogueStepReport, legacy_step_metrics
+
+    worker, samples = _legacy_samples(agent_loop, outputs, rows, training_config)
     output = AgentLoopWorker._postprocess(worker, samples, input_non_tensor_batch=None)
     prompts = type(output)(
         non_tensor_batch={
@@ -315,11 +321,7 @@ def test_legacy_manager_adds_the_metrics_to_training_batches_only(
 
     from sparse_video_r1.verl_metrics import DialogueMetricsAgentLoopManager, DialogueStepReport
 
-    worker = _score(agent_loop, outputs, rows, training_config)
-    samples = [
-        worker.loop.run_until_complete(AgentLoopWorker._agent_loop_postprocess(worker, o, validate=False, **row))
-        for o, row in zip(outputs, rows, strict=True)
-    ]
+    worker, samples = _legacy_samples(agent_loop, outputs, rows, training_config)
 
     def generated(self, prompts):  # verl's manager after its workers: the batch and its timing
         batch = AgentLoopWorker._postprocess(worker, samples, input_non_tensor_batch=None)
