@@ -70,6 +70,7 @@ def vllm_logprobs(llm: Any, text: str, image: Image.Image, positions: list[int])
 
 
 def hf_logprobs(model_dir: str, text: str, image: Image.Image) -> tuple[np.ndarray, list[int], list[str]]:
+    """Log-probs of the text after the image under the negated model, those tokens' positions, what was negated."""
     from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
     processor = AutoProcessor.from_pretrained(model_dir)
@@ -82,7 +83,7 @@ def hf_logprobs(model_dir: str, text: str, image: Image.Image) -> tuple[np.ndarr
     positions = text_positions(ids, processor.tokenizer.convert_tokens_to_ids("<|vision_end|>"))
     logprobs = torch.log_softmax(logits, dim=-1)
     values = np.array([logprobs[p - 1, ids[p]].item() for p in positions])
-    return values, ids, names
+    return values, positions, names
 
 
 def main() -> None:
@@ -99,9 +100,8 @@ def main() -> None:
 
     processor = AutoProcessor.from_pretrained(args.model)
     text, image = prompt_text(processor), test_image()
-    reference, ids, hf_names = hf_logprobs(args.model, text, image)
+    reference, positions, hf_names = hf_logprobs(args.model, text, image)
     torch.cuda.empty_cache()
-    positions = text_positions(ids, processor.tokenizer.convert_tokens_to_ids("<|vision_end|>"))
 
     llm = LLM(
         model=args.model,
