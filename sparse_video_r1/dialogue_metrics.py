@@ -92,6 +92,7 @@ def dialogue_metrics(records: Iterable[Mapping[str, Any]]) -> dict[str, float]:
     metrics[f"{PREFIX}/request_share"] = float(
         np.mean([_count(row.get("requested_timestamps", [])) > 0 for row in rows])
     )
+    metrics[f"{PREFIX}/parseable_turn_share"] = _parseable_turn_share(rows)
     for reason in StopReason:
         metrics[f"{PREFIX}/stop/{reason.value}"] = float(np.mean([row["stop_reason"] == reason.value for row in rows]))
     env = [float(row.get("env_seconds") or 0.0) for row in rows]
@@ -100,6 +101,13 @@ def dialogue_metrics(records: Iterable[Mapping[str, Any]]) -> dict[str, float]:
     metrics.update(_distances(rows))
     metrics.update(_accuracy(rows))
     return metrics
+
+
+def _parseable_turn_share(rows: Sequence[Mapping[str, Any]]) -> float:
+    """Share of assistant turns the protocol accepted: all but invalid ones and a last turn cut at ``max_tokens``."""
+    turns = sum(_count(row.get("assistant_turns", 0)) for row in rows)
+    bad = sum(_count(row.get("invalid_turns", 0)) + (row["stop_reason"] == StopReason.TRUNCATED.value) for row in rows)
+    return float((turns - bad) / turns) if turns else 0.0
 
 
 def _distances(rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:

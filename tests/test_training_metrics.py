@@ -23,7 +23,7 @@ from verl.experimental.agent_loop.agent_loop import AgentLoopWorker
 from verl.trainer.ppo.metric_utils import compute_timing_metrics
 from verl.utils.tokenizer import hf_processor, hf_tokenizer
 
-from sparse_video_r1 import rollout_dump
+from sparse_video_r1 import protocol, rollout_dump
 from sparse_video_r1.dialogue import StopReason
 from sparse_video_r1.dialogue_metrics import dialogue_metrics, dialogue_record
 from sparse_video_r1.hf_server import ScriptedServer
@@ -127,6 +127,9 @@ def _expected(outputs, rows) -> dict[str, float]:
     scripted = [SCENARIOS[row["extra_info"]["question"]][1] for row in rows]
     requested = [turns is not None and "<frames>" in turns[0] for turns in scripted]
     expected["dialogue/request_share"] = statistics.fmean(requested)
+    played = [turn for turns in scripted if turns is not None for turn in turns]
+    parsed = [not isinstance(protocol.parse_turn(turn, num_options=len(OPTIONS)), protocol.Invalid) for turn in played]
+    expected["dialogue/parseable_turn_share"] = statistics.fmean(parsed)
     correct = [turns is not None and turns[-1] == ANSWER_RIGHT for turns in scripted]
     expected["dialogue/accuracy/mean"] = statistics.fmean(correct)
     groups = {"Causal": ("CW", "CH"), "Temporal": ("TN", "TC"), "Descriptive": ("DC",)}

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Everything that needs the 3B stand-in, on one machine (its checkpoint cannot travel): the real-size
-# training run (train_realsize.sh), then the vision-cache check on the same cold-started model; packs
+# Everything that needs the 3B stand-in, on one machine (its checkpoint cannot travel): the vision-cache check on
+# the freshly built model (while the CPU makes the data), then the real-size training run (train_realsize.sh); packs
 # RESULTS/run into RESULTS/realsize.tgz for $OUT. Meant for scripts/gpu/detached.sh:
 #
 #   bash scripts/gpu/detached.sh realsize 540 bash scripts/gpu/realsize_session.sh RESULTS ANNOTATIONS [overrides]
@@ -12,13 +12,18 @@ cd "$(dirname "$0")/../.."
 export WORK=${WORK:-/tmp/svr1_realsize}
 PY=${PYTHON:-python3}
 mkdir -p "$RESULTS/run"
-bash scripts/gpu/train_realsize.sh "$RESULTS/run" "$ANNOTATIONS" "$@"
-status=$?
-echo "[realsize_session] training exited with $status; vision-cache check next"
-nvidia-smi --query-gpu=memory.used --format=csv 2>/dev/null || true
-timeout 480 "$PY" scripts/gpu/vision_cache_check.py --model "$WORK/sft" --out "$RESULTS/run/vision_cache.json" \
-  > "$RESULTS/run/vision_cache.log" 2>&1
+run=(bash scripts/gpu/train_realsize.sh "$RESULTS/run" "$ANNOTATIONS")
+STAGES=build "${run[@]}" || exit $?
+# The cache check needs any weights, not trained ones: it runs on the random model while the CPU makes the data.
+timeout 420 "$PY" scripts/gpu/vision_cache_check.py --model "$WORK/model" --out "$RESULTS/run/vision_cache.json" \
+  > "$RESULTS/run/vision_cache.log" 2>&1 &
+check=$!
+STAGES=data "${run[@]}"
+wait "$check"
 echo "[realsize_session] vision-cache check exited with $?"
 tail -n 30 "$RESULTS/run/vision_cache.log"
+STAGES="sft train" "${run[@]}" "$@"
+status=$?
+echo "[realsize_session] training exited with $status"
 tar czf "$RESULTS/realsize.tgz" -C "$RESULTS" run
 exit "$status"

@@ -9,7 +9,8 @@
 # Host changes, each an environment variable of the template: N_GPUS=1, GPU_MEMORY_UTILIZATION (vLLM's share
 # of the one GPU the actor also lives on), the paths; attention falls back to sdpa by itself. Fewer questions
 # per step than the default 32 (QUESTIONS, with PPO_MINI_BATCH_SIZE equal) so that STEPS fit one machine.
-# STAGE=prepare|train|all (default all); WORK (default /tmp/svr1_realsize) holds model, data and checkpoint.
+# STAGES picks steps of "build data sft train" (default all four, in that order); WORK (default /tmp/svr1_realsize)
+# holds model, data and checkpoint between them.
 # 7B: SHAPE=7b SFT_PRECISION=bfloat16, and the template's PARAM_OFFLOAD=True exported.
 # Writes OUT_DIR/{build.log,sft.log,sft_metrics.json,grpo.log,metrics.jsonl,rollouts/,gpu_memory.csv,summary.json}.
 set -euo pipefail
@@ -21,7 +22,7 @@ PY=${PYTHON:-python3}
 SHAPE=${SHAPE:-3b}
 DEVICE=${DEVICE:-cuda}
 WORK=${WORK:-/tmp/svr1_realsize}
-STAGE=${STAGE:-all}
+STAGES=${STAGES:-build data sft train}
 VIDEOS=${VIDEOS:-16}
 STEPS=${STEPS:-5}
 QUESTIONS=${QUESTIONS:-8}
@@ -31,13 +32,19 @@ export RAY_AUTH_MODE=disabled VLLM_USE_FLASHINFER_SAMPLER=0 PYTHONUNBUFFERED=1
 mkdir -p "$WORK"
 cd "$ROOT"
 
-if [ "$STAGE" != train ]; then
+stage() { case " $STAGES " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
+
+if stage build; then
   "$PY" -m sparse_video_r1.tiny_model "$WORK/model" --shape "$SHAPE" --device "$DEVICE" 2>&1 | tee "$OUT/build.log"
+fi
+if stage data; then
   "$PY" -m sparse_video_r1.synthetic_nextqa --annotations "$ANNOTATIONS" --out "$WORK/raw" \
     --split train=val.csv --split val=test.csv --videos "$VIDEOS" --width 640 --height 480
   # The preprocessing train.sh runs when the parquet files are missing; the cold start needs them first.
   "$PY" dataset/NExT_QA.py --raw "$WORK/raw" --out "$WORK/data" --splits train val
   "$PY" -m sparse_video_r1.sft make-traces --data "$WORK/data/train.parquet" --out "$WORK/traces.jsonl"
+fi
+if stage sft; then
   # Float32 weights and AdamW states with bfloat16 compute: exact updates for a model learning from random
   # (16 bytes a parameter: 60 GiB at 3B). SFT_PRECISION=bfloat16 keeps 8 (a 7B's 62 GiB fits one GPU).
   if [ "${SFT_PRECISION:-mixed}" = bfloat16 ]; then precision=(--dtype bfloat16); else
@@ -47,7 +54,7 @@ if [ "$STAGE" != train ]; then
     --warmup-steps 20 --max-grad-norm 1.0 --gradient-checkpointing 2>&1 | tee "$OUT/sft.log"
   cp "$WORK/sft/sft_metrics.json" "$OUT/"
 fi
-[ "$STAGE" = prepare ] && exit 0
+stage train || exit 0
 
 # GPU memory as the driver sees it (every process: FSDP actor, reference, vLLM), once a second.
 if command -v nvidia-smi >/dev/null; then
