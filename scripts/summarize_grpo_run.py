@@ -154,6 +154,7 @@ def record_stats(records: list[dict[str, Any]]) -> dict[str, Any]:
         "share_multi_turn": statistics.fmean(float(record["assistant_turns"] > 1) for record in records),
         "multi_turn_samples": sum(1 for record in records if record["assistant_turns"] > 1),
         "share_all_turns_parsed": 1.0 - stops["invalid_turn"] - stops["truncated"],
+        "parseable_turn_share": metrics[f"{PREFIX}/parseable_turn_share"],
         **{f"stop/{reason}": rate for reason, rate in stops.items()},
     }
 
@@ -161,6 +162,7 @@ def record_stats(records: list[dict[str, Any]]) -> dict[str, Any]:
 def summarize(run: Path) -> dict[str, Any]:
     metrics = step_metrics(run)
     steps = []
+    all_records: list[dict[str, Any]] = []
     for step in sorted(metrics):
         data = metrics[step]
         row: dict[str, Any] = {"step": step}
@@ -173,7 +175,9 @@ def summarize(run: Path) -> dict[str, Any]:
         elif records.is_file():
             # verl's v1 trainer dumps training rollouts without the reward's per-sample fields; the dialogue
             # records our metrics hook writes beside them carry the agent loop's.
-            row.update(record_stats(read_jsonl(records)))
+            step_records = read_jsonl(records)
+            all_records.extend(step_records)
+            row.update(record_stats(step_records))
         steps.append(row)
     command = run / "command.txt"
     sft = run / "sft_metrics.json"
@@ -187,6 +191,7 @@ def summarize(run: Path) -> dict[str, Any]:
         "totals": {
             "multi_turn_samples_trained": sum(row["multi_turn_samples"] for row in with_dumps) if with_dumps else None,
             "samples_trained": sum(row["samples"] for row in with_dumps) if with_dumps else None,
+            "parseable_turn_share": record_stats(all_records)["parseable_turn_share"] if all_records else None,
             "actor_peak_gpu_memory_allocated_gb": max(
                 (row["actor_peak_gpu_memory_allocated_gb"] or 0.0 for row in steps), default=None
             ),

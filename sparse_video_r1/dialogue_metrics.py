@@ -104,9 +104,12 @@ def dialogue_metrics(records: Iterable[Mapping[str, Any]]) -> dict[str, float]:
 
 
 def _parseable_turn_share(rows: Sequence[Mapping[str, Any]]) -> float:
-    """Share of assistant turns the protocol accepted: all but invalid ones and a last turn cut at ``max_tokens``."""
+    """Share of assistant turns the protocol accepted.
+
+    A turn that is invalid or cut at ``max_tokens`` ends its dialogue, so a dialogue holds at most one, its last.
+    """
     turns = sum(_count(row.get("assistant_turns", 0)) for row in rows)
-    bad = sum(_count(row.get("invalid_turns", 0)) + (row["stop_reason"] == StopReason.TRUNCATED.value) for row in rows)
+    bad = sum(row["stop_reason"] in (StopReason.INVALID_TURN.value, StopReason.TRUNCATED.value) for row in rows)
     return float((turns - bad) / turns) if turns else 0.0
 
 
