@@ -16,13 +16,13 @@ SEED=${SEED:-7}
 source scripts/needle_dialogue.sh
 rm -rf "$WORK" && mkdir -p "$WORK/models"
 tar xzf "$MODELS" -C "$WORK/models"
-python -m sparse_video_r1.needle --out "$WORK/data" --train 0 --val "$VAL" --seed "$SEED" --traces 0 --reading 0 \
+python -m sparse_video_r1.synthetic.needle --out "$WORK/data" --train 0 --val "$VAL" --seed "$SEED" --traces 0 --reading 0 \
   --dialogue "$DIALOGUE" > "$WORK/needle_data.json"
 evals=()
 for name in sft main ablation; do
   model=$WORK/models/sft
   [ "$name" = sft ] || model=$WORK/models/runs/$name/hf_model
-  python -m sparse_video_r1.evaluate --backend transformers --device cpu --model "$model" \
+  python -m sparse_video_r1.tools.evaluate --backend transformers --device cpu --model "$model" \
     --data "$WORK/data/val.parquet" --out "$WORK/eval/$name" --temperature 0 --uniform "" \
     "${EVAL_DIALOGUE[@]}" --response-length 384 > "$WORK/eval_$name.log" 2>&1
   evals+=(--eval "$name=$WORK/eval/$name")
@@ -35,7 +35,7 @@ out, work, models, val, seed = sys.argv[1:]
 steps = {run: Path(work, "models/runs", run, "hf_model_step.txt").read_text().strip() for run in ("main", "ablation")}
 settings = {
     "command": f"bash scripts/needle_heldout_cpu.sh {models} OUT",
-    "held_out": {"videos": int(val), "seed": int(seed), "generator": "python -m sparse_video_r1.needle --train 0"},
+    "held_out": {"videos": int(val), "seed": int(seed), "generator": "python -m sparse_video_r1.synthetic.needle --train 0"},
     "models": {"sft": "sft", **{run: f"GRPO step {step}" for run, step in steps.items()}},
     "evaluation": {"backend": "transformers", "device": "cpu", "temperature": 0, "methods": ["adaptive"]},
     "evaluate_settings": json.load(open(Path(work, "eval/sft/settings.json"))),

@@ -25,7 +25,7 @@ MICRO_BATCH_PER_GPU=${MICRO_BATCH_PER_GPU:-2}
 LR=${LR:-1e-6}
 TOTAL_EPOCHS=${TOTAL_EPOCHS:-1}
 
-# The dialogue (sparse_video_r1.config.DialogueConfig): frames, turns and the per-frame pixel budget.
+# The dialogue (sparse_video_r1.env.config.DialogueConfig): frames, turns and the per-frame pixel budget.
 INITIAL_FRAMES=${INITIAL_FRAMES:-4}
 FRAMES_PER_REQUEST=${FRAMES_PER_REQUEST:-4}
 MAX_FRAMES=${MAX_FRAMES:-16}
@@ -42,8 +42,8 @@ KEEP_CHECKPOINTS=${KEEP_CHECKPOINTS:-2}            # a 3B actor checkpoint is ~4
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 
 # Tracking: console plus TensorBoard files (no account). W&B: LOGGER='["console","wandb"]' (WANDB_MODE=offline
-# keeps it local). Curves: python -m sparse_video_r1.curves "$RUN_DIR"; dialogues of a step:
-# python -m sparse_video_r1.viewer rollouts "$RUN_DIR/rollouts" --step N. ROLLOUT_DATA_DIR= turns the dumps off.
+# keeps it local). Curves: python -m sparse_video_r1.tools.curves "$RUN_DIR"; dialogues of a step:
+# python -m sparse_video_r1.tools.viewer rollouts "$RUN_DIR/rollouts" --step N. ROLLOUT_DATA_DIR= turns the dumps off.
 LOGGER=${LOGGER:-'["console","tensorboard"]'}
 RUN_DIR=${RUN_DIR:-${ROOT}/outputs/${PROJECT_NAME}/${EXPERIMENT_NAME}}
 export TENSORBOARD_DIR=${TENSORBOARD_DIR:-${RUN_DIR}/tensorboard}

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from sparse_video_r1.synthetic import write_index_video
-from sparse_video_r1.tiny_model import build_tiny_qwen2_5_vl
+from sparse_video_r1.synthetic.tiny_model import build_tiny_qwen2_5_vl
+from sparse_video_r1.synthetic.videos import write_index_video
 
 
 @pytest.fixture(scope="session")

@@ -14,12 +14,12 @@ import pyarrow.parquet as pq
 import pytest
 from verl.utils.tokenizer import hf_tokenizer
 
-from sparse_video_r1 import eval_report, evaluate
-from sparse_video_r1.config import DialogueConfig
 from sparse_video_r1.data import preprocess_split, read_nextqa_split
 from sparse_video_r1.data.nextqa import QUESTION_GROUPS
-from sparse_video_r1.hf_server import ScriptedServer
-from sparse_video_r1.synthetic_nextqa import write_nextqa_like_release
+from sparse_video_r1.env.config import DialogueConfig
+from sparse_video_r1.serving.hf_server import ScriptedServer
+from sparse_video_r1.synthetic.nextqa import write_nextqa_like_release
+from sparse_video_r1.tools import eval_report, evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures" / "nextqa"
@@ -285,7 +285,7 @@ def test_the_evaluate_template_passes_flags_the_cli_accepts(tmp_path):
     )
     assert printed.returncode == 0, printed.stderr
     command = printed.stdout.splitlines()
-    assert command[:3] == ["python3", "-m", "sparse_video_r1.evaluate"]
+    assert command[:3] == ["python3", "-m", "sparse_video_r1.tools.evaluate"]
     args = evaluate.parse_args(command[3:])
     assert (args.data, args.backend, args.uniform, args.limit) == (f"{tmp_path}/val.parquet", "vllm", (4, 8, 16, 32), 5)
     assert (args.max_total_frames, args.max_pixels, args.prompt_length) == (12, 100352, None)

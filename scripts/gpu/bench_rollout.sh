@@ -18,7 +18,7 @@ WORK=${WORK:-/tmp/svr1_bench_rollout}
 export RAY_AUTH_MODE=disabled VLLM_USE_FLASHINFER_SAMPLER=0 PYTHONUNBUFFERED=1
 mkdir -p "$WORK"
 nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1 || true
-[ -f "$WORK/tiny/config.json" ] || python -m sparse_video_r1.tiny_model "$WORK/tiny"
+[ -f "$WORK/tiny/config.json" ] || python -m sparse_video_r1.synthetic.tiny_model "$WORK/tiny"
 # `pip install --target` leaves py-spy's binary out of the target's bin/: take it from the staged wheel.
 if ! command -v py-spy > /dev/null && compgen -G "/tmp/gpu-wheels/py_spy-*.whl" > /dev/null; then
   python -m zipfile -e /tmp/gpu-wheels/py_spy-*.whl "$WORK/py_spy" && mkdir -p "$WORK/bin"

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Evaluation on ONE GPU, from nothing: a tiny random Qwen2.5-VL, a NExT-QA-shaped set (real annotation rows,
-# generated videos), a short SFT cold start, then `python -m sparse_video_r1.evaluate --backend vllm`:
+# generated videos), a short SFT cold start, then `python -m sparse_video_r1.tools.evaluate --backend vllm`:
 # adaptive frame requests against uniform 4/8/16/32-frame baselines on the val split.
 #
-#   bash scripts/gpu/evaluate_smoke.sh OUT_DIR [ANNOTATIONS_DIR] [extra sparse_video_r1.evaluate flags...]
+#   bash scripts/gpu/evaluate_smoke.sh OUT_DIR [ANNOTATIONS_DIR] [extra sparse_video_r1.tools.evaluate flags...]
 #
 # ANNOTATIONS_DIR holds the NExT-QA CSVs and map (default .cache/nextqa, else ../shared/nextqa, else
 # tests/fixtures/nextqa). Writes OUT_DIR/{results.json,table.md,accuracy_vs_frames.png,dialogues.html,
@@ -34,15 +34,15 @@ DIALOGUE='{"initial_frames": 4, "max_frames_per_request": 4, "max_total_frames":
 stage() { echo "[evaluate_smoke ${SECONDS}s] $*"; }
 
 stage "data from $ANNOTATIONS"
-python -m sparse_video_r1.synthetic_nextqa --annotations "$ANNOTATIONS" --out "$WORK/raw" \
+python -m sparse_video_r1.synthetic.nextqa --annotations "$ANNOTATIONS" --out "$WORK/raw" \
   --split train=val.csv --split val=test.csv --videos "$VIDEOS"
 python dataset/NExT_QA.py --raw "$WORK/raw" --out "$WORK/data" --splits train val
 if [ -z "${MODEL:-}" ]; then
   stage "tiny model and SFT cold start ($SFT_EPOCHS epochs)"
-  python -m sparse_video_r1.tiny_model "$WORK/tiny"
-  python -m sparse_video_r1.sft --dialogue "$DIALOGUE" make-traces --data "$WORK/data/train.parquet" \
+  python -m sparse_video_r1.synthetic.tiny_model "$WORK/tiny"
+  python -m sparse_video_r1.training.sft --dialogue "$DIALOGUE" make-traces --data "$WORK/data/train.parquet" \
     --out "$WORK/traces.jsonl"
-  python -m sparse_video_r1.sft --dialogue "$DIALOGUE" train --model "$WORK/tiny" --traces "$WORK/traces.jsonl" \
+  python -m sparse_video_r1.training.sft --dialogue "$DIALOGUE" train --model "$WORK/tiny" --traces "$WORK/traces.jsonl" \
     --out "$WORK/sft" --epochs "$SFT_EPOCHS" --lr 1e-3 --grad-accumulation 1 --dtype float32
   cp "$WORK/sft/sft_metrics.json" "$OUT/"
   MODEL=$WORK/sft
@@ -51,7 +51,7 @@ fi
 stage "evaluate $MODEL"
 rm -rf "$WORK/eval"
 command=(
-  python -m sparse_video_r1.evaluate --backend vllm --model "$MODEL" --data "$WORK/data/val.parquet"
+  python -m sparse_video_r1.tools.evaluate --backend vllm --model "$MODEL" --data "$WORK/data/val.parquet"
   --out "$WORK/eval" --uniform 4,8,16,32
   --initial-frames 4 --max-frames-per-request 4 --max-total-frames 12 --max-turns 3 --max-tokens-per-turn 96
   --response-length 1024 --gpu-memory-utilization 0.3 --enforce-eager

@@ -25,13 +25,13 @@ STAGE=${STAGE:-all}
 DIALOGUE='{"initial_frames": 4, "max_frames_per_request": 4, "max_total_frames": 12, "max_turns": 3}'
 
 if [ "$STAGE" != train ]; then
-python -m sparse_video_r1.tiny_model "$WORK/tiny"
-python -m sparse_video_r1.synthetic_nextqa --annotations "$ANNOTATIONS" --out "$WORK/raw" \
+python -m sparse_video_r1.synthetic.tiny_model "$WORK/tiny"
+python -m sparse_video_r1.synthetic.nextqa --annotations "$ANNOTATIONS" --out "$WORK/raw" \
   --split train=val.csv --split val=test.csv --videos "${VIDEOS:-24}"
 python dataset/NExT_QA.py --raw "$WORK/raw" --out "$WORK/data" --splits train val
-python -m sparse_video_r1.sft --dialogue "$DIALOGUE" make-traces --data "$WORK/data/train.parquet" \
+python -m sparse_video_r1.training.sft --dialogue "$DIALOGUE" make-traces --data "$WORK/data/train.parquet" \
   --out "$WORK/traces.jsonl"
-python -m sparse_video_r1.sft --dialogue "$DIALOGUE" train --model "$WORK/tiny" --traces "$WORK/traces.jsonl" \
+python -m sparse_video_r1.training.sft --dialogue "$DIALOGUE" train --model "$WORK/tiny" --traces "$WORK/traces.jsonl" \
   --out "$WORK/sft" --epochs "$SFT_EPOCHS" --lr 1e-3 --grad-accumulation 1 --dtype float32 2>&1 | tee "$OUT/sft.log"
 cp "$WORK/sft/sft_metrics.json" "$OUT/"
 fi
@@ -66,7 +66,7 @@ overrides=(
   "sparse_video.max_turns=3"
   "sparse_video.max_tokens_per_turn=96"
   "trainer.use_v1=False"
-  "+actor_rollout_ref.rollout.agent.agent_loop_manager_class=sparse_video_r1.verl_metrics.DialogueMetricsAgentLoopManager"
+  "+actor_rollout_ref.rollout.agent.agent_loop_manager_class=sparse_video_r1.training.verl_metrics.DialogueMetricsAgentLoopManager"
   "trainer.n_gpus_per_node=1"
   "trainer.nnodes=1"
   "trainer.total_training_steps=$STEPS"
