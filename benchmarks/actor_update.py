@@ -95,7 +95,7 @@ class Settings:
 
 def needle_overrides(model: str, work: Path) -> list[str]:
     """The hydra overrides of the needle runs (`main`), pointed at ``model``."""
-    env = {**os.environ, "PRINT_OVERRIDES": "1", "WORK": str(work)}
+    env = {**os.environ, "PRINT_OVERRIDES": "1", "WORK": str(work), "PYTHON": sys.executable}  # the script runs $PYTHON
     lines = subprocess.run(
         ["bash", str(REPO / "scripts" / "gpu" / "needle_grpo.sh"), str(work / "unused_out")],
         env=env, capture_output=True, text=True, check=True,

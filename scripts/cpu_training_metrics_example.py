@@ -84,6 +84,7 @@ def training_config(model: Path, out: Path, n: int):
     """The template's own overrides (its default LOGGER), composed with configs/sparse_video_grpo.yaml."""
     env = {
         **os.environ,
+        "PYTHON": sys.executable,  # the template's interpreter: this one, not the first python3 on PATH
         "PRINT_OVERRIDES": "1",
         "MODEL_PATH": str(model),
         "RUN_DIR": str(out),

@@ -10,6 +10,7 @@
 # The dialogue variables must match training's to measure the trained policy (they default to the same values).
 # PRINT_COMMAND=1 prints the command instead of running it.
 set -euo pipefail
+PY=${PYTHON:-python3}
 
 export HF_HOME=${HF_HOME:-/path/to/hf_home}
 DATA_DIR=${DATA_DIR:-/path/to/data/nextqa}        # parquet files written by dataset/NExT_QA.py
@@ -38,7 +39,7 @@ OUT_DIR=${OUT_DIR:-outputs/eval/$(basename "$MODEL_PATH")_${SPLIT}}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 
 command=(
-  python3 -m sparse_video_r1.tools.evaluate
+  "$PY" -m sparse_video_r1.tools.evaluate
   --model "$MODEL_PATH"
   --data "$DATA_DIR/$SPLIT.parquet"
   --out "$OUT_DIR"
@@ -65,6 +66,6 @@ fi
 
 cd "$ROOT"
 if [ ! -f "$DATA_DIR/$SPLIT.parquet" ]; then
-  python3 dataset/NExT_QA.py --raw "$ROW_DATA" --out "$DATA_DIR" --splits "$SPLIT"
+  "$PY" dataset/NExT_QA.py --raw "$ROW_DATA" --out "$DATA_DIR" --splits "$SPLIT"
 fi
 exec "${command[@]}"

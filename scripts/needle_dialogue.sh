@@ -3,7 +3,8 @@
 #   DIALOGUE            JSON, for `needle --dialogue` and `sft --dialogue`
 #   DIALOGUE_OVERRIDES  hydra overrides for the GRPO runs (++: also fields the YAML does not list)
 #   EVAL_DIALOGUE       flags of `python -m sparse_video_r1.tools.evaluate`
-mapfile -t _needle_dialogue < <(python -c 'import dataclasses, json
+PY=${PYTHON:-python3}
+mapfile -t _needle_dialogue < <("$PY" -c 'import dataclasses, json
 from sparse_video_r1.synthetic.needle import DIALOGUE
 fields = dataclasses.asdict(DIALOGUE)
 print(json.dumps(fields))

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import script_env
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
@@ -20,7 +20,7 @@ TEMPLATE = ROOT / "scripts" / "run_qwen2_5_vl_template.sh"
 def template_overrides(*extra: str, **env: str) -> list[str]:
     result = subprocess.run(
         ["bash", str(TEMPLATE), *extra],
-        env={**os.environ, "PRINT_OVERRIDES": "1", **env},
+        env=script_env(PRINT_OVERRIDES="1", **env),
         capture_output=True,
         text=True,
         check=True,
@@ -76,7 +76,7 @@ def test_unknown_dialogue_key_in_the_config_is_rejected_by_name():
 def test_attention_falls_back_without_flash_attn_and_composes(attention: str, remove_padding: bool):
     result = subprocess.run(
         ["bash", str(TEMPLATE)],
-        env={**os.environ, "PRINT_OVERRIDES": "1", "ATTENTION": attention},
+        env=script_env(PRINT_OVERRIDES="1", ATTENTION=attention),
         capture_output=True,
         text=True,
         check=True,

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from conftest import script_env
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from PIL import Image
@@ -297,7 +298,7 @@ def test_record_extras_must_not_shadow_standard_fields() -> None:
 def test_gpu_script_overrides_compose_into_the_needle_runs_config(tmp_path: Path) -> None:
     printed = subprocess.run(
         ["bash", str(ROOT / "scripts" / "gpu" / "needle_grpo.sh"), str(tmp_path)],
-        env={**os.environ, "PRINT_OVERRIDES": "1", "STEPS": "7"},
+        env=script_env(PRINT_OVERRIDES="1", STEPS="7"),
         capture_output=True,
         text=True,
         check=True,
