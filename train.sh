@@ -3,6 +3,7 @@
 # Edit the three paths (the same ones as in scripts/run_qwen2_5_vl_template.sh) or export them.
 # Preprocessing runs once, when the parquet files are missing.
 set -eu
+PY=${PYTHON:-python3}
 
 export HF_HOME="${HF_HOME:-/path/to/hf_home}"
 export DATA_DIR="${DATA_DIR:-/path/to/data/nextqa}"
@@ -10,6 +11,6 @@ export ROW_DATA="${ROW_DATA:-/path/to/NExT-QA}"
 
 cd "$(dirname "$0")"
 if [ ! -f "$DATA_DIR/train.parquet" ] || [ ! -f "$DATA_DIR/val.parquet" ]; then
-  python3 dataset/NExT_QA.py --raw "$ROW_DATA" --out "$DATA_DIR" --splits train val
+  "$PY" dataset/NExT_QA.py --raw "$ROW_DATA" --out "$DATA_DIR" --splits train val
 fi
 exec bash scripts/run_qwen2_5_vl_template.sh "$@"

@@ -95,7 +95,7 @@ class Settings:
 
 def needle_overrides(model: str, work: Path) -> list[str]:
     """The hydra overrides of the needle runs (`main`), pointed at ``model``."""
-    env = {**os.environ, "PRINT_OVERRIDES": "1", "WORK": str(work)}
+    env = {**os.environ, "PRINT_OVERRIDES": "1", "WORK": str(work), "PYTHON": sys.executable}  # the script runs $PYTHON
     lines = subprocess.run(
         ["bash", str(REPO / "scripts" / "gpu" / "needle_grpo.sh"), str(work / "unused_out")],
         env=env, capture_output=True, text=True, check=True,
@@ -105,7 +105,7 @@ def needle_overrides(model: str, work: Path) -> list[str]:
 
 def scripted_policy(seed: int) -> Any:
     """Each dialogue requests one random slot centre 0-2 times, then answers: 1-3 turns, lengths that vary."""
-    from sparse_video_r1 import needle
+    from sparse_video_r1.synthetic import needle
 
     plans: dict[str, list[str]] = {}
 
@@ -123,9 +123,9 @@ def build_batch(settings: Settings, work: Path) -> Any:
     """The training batch of one needle GRPO step: agent-loop outputs through verl's post-processing."""
     from verl.utils.tokenizer import hf_processor, hf_tokenizer
 
-    from sparse_video_r1 import needle
-    from sparse_video_r1.hf_server import ScriptedServer
-    from sparse_video_r1.standalone import make_agent_loop, run_dialogues, to_training_batch
+    from sparse_video_r1.serving.hf_server import ScriptedServer
+    from sparse_video_r1.synthetic import needle
+    from sparse_video_r1.training.standalone import make_agent_loop, run_dialogues, to_training_batch
 
     rows = needle.write_split(
         work / "videos", "bench", settings.questions, random.Random(settings.seed), needle.DIALOGUE.initial_frames

@@ -4,7 +4,7 @@ Speed claims are made as ratios taken within one run (our sampler against baseli
 floor, all on the same machine at the same moment), never as absolute thresholds: a shared 2-core machine
 is too noisy for those.
 
-Decode work is what the sampler's own counters say (:class:`~sparse_video_r1.frames.SamplerStats`), compared
+Decode work is what the sampler's own counters say (:class:`~sparse_video_r1.env.frames.SamplerStats`), compared
 with the floor: each GOP a request touches decoded once, from its keyframe to the last frame wanted in it.
 """
 
@@ -27,7 +27,7 @@ import decord
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
-from sparse_video_r1.synthetic import write_index_video
+from sparse_video_r1.synthetic.videos import write_index_video
 
 REPO = Path(__file__).resolve().parents[1]
 #: Generated videos are kept here (git-ignored) so a rerun does not spend a minute re-encoding them.
@@ -253,6 +253,6 @@ def model_or_tiny(model: str | None, work: Path) -> str:
     """The model a benchmark was given, or the tiny random Qwen2.5-VL built (once) under ``work``."""
     if model is not None:
         return model
-    from sparse_video_r1.tiny_model import build_tiny_qwen2_5_vl
+    from sparse_video_r1.synthetic.tiny_model import build_tiny_qwen2_5_vl
 
     return str(build_tiny_qwen2_5_vl(work / "tiny"))

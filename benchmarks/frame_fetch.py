@@ -63,9 +63,9 @@ from common import (
 from PIL import Image
 from qwen_vl_utils import smart_resize
 
-from sparse_video_r1.config import IMAGE_FACTOR, DialogueConfig
-from sparse_video_r1.frames import FrameSampler, VideoInfo, frame_index, resize_to_budget
-from sparse_video_r1.synthetic import write_index_video
+from sparse_video_r1.env.config import IMAGE_FACTOR, DialogueConfig
+from sparse_video_r1.env.frames import FrameSampler, VideoInfo, frame_index, resize_to_budget
+from sparse_video_r1.synthetic.videos import write_index_video
 
 SECONDS = (30, 60, 90)
 BUDGET = DialogueConfig()  # the training defaults: 16-128 visual tokens per frame

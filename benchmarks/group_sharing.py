@@ -41,8 +41,8 @@ from common import (
     write_outputs,
 )
 
-from sparse_video_r1.config import DialogueConfig
-from sparse_video_r1.frames import FrameSampler, frame_index
+from sparse_video_r1.env.config import DialogueConfig
+from sparse_video_r1.env.frames import FrameSampler, frame_index
 
 SECONDS = (30, 60, 90)
 BUDGET = DialogueConfig()

@@ -2,9 +2,9 @@
 
     python benchmarks/rollout.py --out DIR [--backend vllm|transformers] [--dialogues 64 256] [--prefix-caching on]
 
-The agent loop (:func:`~sparse_video_r1.standalone.make_agent_loop`, the class verl trains) plays batches of
+The agent loop (:func:`~sparse_video_r1.training.standalone.make_agent_loop`, the class verl trains) plays batches of
 dialogues over NExT-QA-shaped videos (640x480, 30 fps, H.264), ``--group`` rollouts per question as in GRPO,
-against one server (vLLM's ``AsyncLLM`` behind :class:`~sparse_video_r1.vllm_server.AsyncVLLMServer`, or
+against one server (vLLM's ``AsyncLLM`` behind :class:`~sparse_video_r1.serving.vllm_server.AsyncVLLMServer`, or
 the transformers backend for a CPU check). Two methods see the same total number of frames:
 
 * ``adaptive``: ``--initial-frames`` uniform frames, one request turn for ``--requested-frames`` more, then
@@ -51,10 +51,10 @@ import profile_summary
 from common import model_or_tiny  # benchmarks/ is a folder of scripts
 from verl.workers.rollout.replica import TokenOutput
 
-from sparse_video_r1.config import DialogueConfig
-from sparse_video_r1.frames import FrameSampler, uniform_timestamps
-from sparse_video_r1.standalone import make_agent_loop
-from sparse_video_r1.synthetic import write_index_video
+from sparse_video_r1.env.config import DialogueConfig
+from sparse_video_r1.env.frames import FrameSampler, uniform_timestamps
+from sparse_video_r1.synthetic.videos import write_index_video
+from sparse_video_r1.training.standalone import make_agent_loop
 
 logger = logging.getLogger("rollout_benchmark")
 
@@ -323,10 +323,10 @@ def run_batch(
 
 def make_server(settings: Settings, max_images: int, prompt_length: int, response_length: int) -> Any:
     if settings.backend == "transformers":
-        from sparse_video_r1.hf_server import TransformersServer
+        from sparse_video_r1.serving.hf_server import TransformersServer
 
         return TransformersServer(settings.model, device="cpu", seed=settings.seed)
-    from sparse_video_r1.vllm_server import AsyncVLLMServer
+    from sparse_video_r1.serving.vllm_server import AsyncVLLMServer
 
     return AsyncVLLMServer.launch(
         settings.model,

@@ -3,10 +3,10 @@
 What it is: the tiny Qwen2.5-VL after a short SFT cold start plays GRPO groups of real dialogues (the training agent
 loop, the transformers server, generated videos for real NExT-QA annotation rows, rows preprocessed by
 ``dataset/NExT_QA.py``); each step's groups then go through verl's own v1 post-generation code
-(:mod:`sparse_video_r1.cpu_step`: reward loop, TransferQueue, the configured replay buffer, ``MetricsAggregator``,
-``Tracking`` with the template's default ``["console","tensorboard"]``, ``_log_rollout_data``). What it is not: a
-GRPO run. No update happens between steps (verl's trainer needs vLLM and a GPU), so the curves show sampling noise
-around one policy, not learning.
+(:mod:`sparse_video_r1.training.cpu_step`: reward loop, TransferQueue, the configured replay buffer,
+``MetricsAggregator``, ``Tracking`` with the template's default ``["console","tensorboard"]``,
+``_log_rollout_data``). What it is not: a GRPO run. No update happens between steps (verl's trainer needs vLLM and a
+GPU), so the curves show sampling noise around one policy, not learning.
 
     python scripts/cpu_training_metrics_example.py --out docs/results/training_metrics [--steps 8]
 
@@ -31,16 +31,16 @@ import ray
 import transfer_queue as tq
 from hydra import compose, initialize_config_dir
 
-from sparse_video_r1 import curves, viewer
-from sparse_video_r1.config import DialogueConfig
-from sparse_video_r1.cpu_step import CpuStepRunner, run_groups
-from sparse_video_r1.dialogue import VideoQA
-from sparse_video_r1.frames import FrameSampler
-from sparse_video_r1.hf_server import TransformersServer
-from sparse_video_r1.sft import SFTConfig, synthetic_traces, train
-from sparse_video_r1.standalone import make_agent_loop
-from sparse_video_r1.synthetic_nextqa import write_nextqa_like_release
-from sparse_video_r1.tiny_model import build_tiny_qwen2_5_vl
+from sparse_video_r1.env.config import DialogueConfig
+from sparse_video_r1.env.dialogue import VideoQA
+from sparse_video_r1.env.frames import FrameSampler
+from sparse_video_r1.serving.hf_server import TransformersServer
+from sparse_video_r1.synthetic.nextqa import write_nextqa_like_release
+from sparse_video_r1.synthetic.tiny_model import build_tiny_qwen2_5_vl
+from sparse_video_r1.tools import curves, viewer
+from sparse_video_r1.training.cpu_step import CpuStepRunner, run_groups
+from sparse_video_r1.training.sft import SFTConfig, synthetic_traces, train
+from sparse_video_r1.training.standalone import make_agent_loop
 
 ROOT = Path(__file__).resolve().parents[1]
 DIALOGUE = DialogueConfig(
@@ -69,7 +69,7 @@ def prepare(work: Path, videos: int, sft_epochs: int, copies: int) -> tuple[Path
     command = [sys.executable, "dataset/NExT_QA.py", "--raw", work / "raw", "--out", work / "data", "--splits"]
     subprocess.run([*command, *splits], check=True, cwd=ROOT)
     rows = [row for split in splits for row in pq.read_table(work / "data" / f"{split}.parquet").to_pylist()]
-    # Uninformed protocol traces (random requests), as `python -m sparse_video_r1.sft make-traces` writes them.
+    # Uninformed protocol traces (random requests), as `python -m sparse_video_r1.training.sft make-traces` writes them.
     questions = [VideoQA.from_extra_info(row["extra_info"]) for row in rows]
     sampler = FrameSampler.from_config(DIALOGUE)
     durations = [sampler.info(question.video_path).duration for question in questions]
@@ -84,6 +84,7 @@ def training_config(model: Path, out: Path, n: int):
     """The template's own overrides (its default LOGGER), composed with configs/sparse_video_grpo.yaml."""
     env = {
         **os.environ,
+        "PYTHON": sys.executable,  # the template's interpreter: this one, not the first python3 on PATH
         "PRINT_OVERRIDES": "1",
         "MODEL_PATH": str(model),
         "RUN_DIR": str(out),

@@ -2,7 +2,7 @@
 # Evaluate a checkpoint on NExT-QA: adaptive frame requests against single-turn uniform-N baselines (vLLM).
 #
 # Edit the paths below (the same variables as scripts/run_qwen2_5_vl_template.sh) or export them, then:
-#   bash scripts/evaluate.sh [more sparse_video_r1.evaluate flags...]
+#   bash scripts/evaluate.sh [more sparse_video_r1.tools.evaluate flags...]
 # e.g. MODEL_PATH=checkpoints/sparse_video_r1/qwen2_5_vl_grpo_nextqa/hf_step_50 SPLIT=test bash scripts/evaluate.sh --limit 500
 # A training checkpoint's actor/huggingface/ holds no weights: turn global_step_N/actor into an HF directory first,
 #   python -m verl.model_merger merge --backend fsdp --local_dir .../global_step_N/actor --target_dir .../hf_step_N
@@ -10,6 +10,7 @@
 # The dialogue variables must match training's to measure the trained policy (they default to the same values).
 # PRINT_COMMAND=1 prints the command instead of running it.
 set -euo pipefail
+PY=${PYTHON:-python3}
 
 export HF_HOME=${HF_HOME:-/path/to/hf_home}
 DATA_DIR=${DATA_DIR:-/path/to/data/nextqa}        # parquet files written by dataset/NExT_QA.py
@@ -19,7 +20,7 @@ MODEL_PATH=${MODEL_PATH:-Qwen/Qwen2.5-VL-3B-Instruct}
 ROLLOUT_TP=${ROLLOUT_TP:-1}                       # vLLM tensor parallel size
 GPU_MEMORY_UTILIZATION=${GPU_MEMORY_UTILIZATION:-0.8}
 
-# The dialogue (sparse_video_r1.config.DialogueConfig): frames, turns and the per-frame pixel budget.
+# The dialogue (sparse_video_r1.env.config.DialogueConfig): frames, turns and the per-frame pixel budget.
 INITIAL_FRAMES=${INITIAL_FRAMES:-4}
 FRAMES_PER_REQUEST=${FRAMES_PER_REQUEST:-4}
 MAX_FRAMES=${MAX_FRAMES:-16}
@@ -38,7 +39,7 @@ OUT_DIR=${OUT_DIR:-outputs/eval/$(basename "$MODEL_PATH")_${SPLIT}}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 
 command=(
-  python3 -m sparse_video_r1.evaluate
+  "$PY" -m sparse_video_r1.tools.evaluate
   --model "$MODEL_PATH"
   --data "$DATA_DIR/$SPLIT.parquet"
   --out "$OUT_DIR"
@@ -65,6 +66,6 @@ fi
 
 cd "$ROOT"
 if [ ! -f "$DATA_DIR/$SPLIT.parquet" ]; then
-  python3 dataset/NExT_QA.py --raw "$ROW_DATA" --out "$DATA_DIR" --splits "$SPLIT"
+  "$PY" dataset/NExT_QA.py --raw "$ROW_DATA" --out "$DATA_DIR" --splits "$SPLIT"
 fi
 exec "${command[@]}"

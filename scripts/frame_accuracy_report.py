@@ -25,9 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from test_frame_accuracy import checked_times, sequential_decode
 from video_corpus import write_corpus
 
-from sparse_video_r1 import frames
-from sparse_video_r1.frames import FrameSampler, VideoError
-from sparse_video_r1.synthetic import read_frame_index
+from sparse_video_r1.env import frames
+from sparse_video_r1.env.frames import FrameSampler, VideoError
+from sparse_video_r1.synthetic.videos import read_frame_index
 
 logger = logging.getLogger("frame_accuracy_report")
 

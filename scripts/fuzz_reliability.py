@@ -1,13 +1,13 @@
 """Fuzz the two places where untrusted bytes enter a rollout: the model's text and the video files.
 
-(a) :func:`sparse_video_r1.protocol.parse_turn` (and the reward's :func:`parse_final_answer`) on hypothesis-
+(a) :func:`sparse_video_r1.env.protocol.parse_turn` (and the reward's :func:`parse_final_answer`) on hypothesis-
 generated assistant turns built from the protocol's own pieces (tags, think blocks, timestamps of every
 shape, huge digit strings, clock times, junk), so most examples reach deep into the parser rather than
 failing at the first check. Each outcome is counted; any exception, or a result that breaks the parser's
 guarantees (finite, sorted, unique, at most ``MAX_PARSED_TIMESTAMPS`` timestamps; an answer among the
 options), is recorded with its input.
 
-(b) :class:`sparse_video_r1.frames.FrameSampler` on randomly corrupted copies of real H.264 mp4s (byte flips,
+(b) :class:`sparse_video_r1.env.frames.FrameSampler` on randomly corrupted copies of real H.264 mp4s (byte flips,
 truncation at a random offset, zeroed ranges), doing what ``Episode.start`` and a frame request do: ``info``,
 the uniform initial frames, a few random timestamps and the last frame. Outcomes: ``ok_intact`` (every frame
 carries its own painted index), ``ok_damaged`` (frames came back but some show another or no index: the
@@ -50,9 +50,9 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sparse_video_r1 import frames, protocol
-from sparse_video_r1.frames import FrameSampler, VideoError, uniform_timestamps
-from sparse_video_r1.synthetic import index_image, read_frame_index, write_index_video
+from sparse_video_r1.env import frames, protocol
+from sparse_video_r1.env.frames import FrameSampler, VideoError, uniform_timestamps
+from sparse_video_r1.synthetic.videos import index_image, read_frame_index, write_index_video
 
 logger = logging.getLogger("fuzz_reliability")
 

@@ -7,6 +7,7 @@
 #
 # Writes OUT_DIR/{needle_table.md,needle_table.json,settings.json}. Knobs: WORK (/tmp/svr1_heldout), VAL (512), SEED (7).
 set -euo pipefail
+PY=${PYTHON:-python3}
 MODELS=$(realpath "${1:?usage: needle_heldout_cpu.sh MODELS_TGZ OUT_DIR}")
 OUT=$(mkdir -p "${2:?usage: needle_heldout_cpu.sh MODELS_TGZ OUT_DIR}" && cd "$2" && pwd)
 cd "$(dirname "$0")/.."
@@ -16,26 +17,26 @@ SEED=${SEED:-7}
 source scripts/needle_dialogue.sh
 rm -rf "$WORK" && mkdir -p "$WORK/models"
 tar xzf "$MODELS" -C "$WORK/models"
-python -m sparse_video_r1.needle --out "$WORK/data" --train 0 --val "$VAL" --seed "$SEED" --traces 0 --reading 0 \
+"$PY" -m sparse_video_r1.synthetic.needle --out "$WORK/data" --train 0 --val "$VAL" --seed "$SEED" --traces 0 --reading 0 \
   --dialogue "$DIALOGUE" > "$WORK/needle_data.json"
 evals=()
 for name in sft main ablation; do
   model=$WORK/models/sft
   [ "$name" = sft ] || model=$WORK/models/runs/$name/hf_model
-  python -m sparse_video_r1.evaluate --backend transformers --device cpu --model "$model" \
+  "$PY" -m sparse_video_r1.tools.evaluate --backend transformers --device cpu --model "$model" \
     --data "$WORK/data/val.parquet" --out "$WORK/eval/$name" --temperature 0 --uniform "" \
     "${EVAL_DIALOGUE[@]}" --response-length 384 > "$WORK/eval_$name.log" 2>&1
   evals+=(--eval "$name=$WORK/eval/$name")
 done
-python scripts/plot_needle_curves.py --val "$WORK/data/val.parquet" "${evals[@]}" --out "$OUT"
-python - "$OUT/settings.json" "$WORK" "$1" "$VAL" "$SEED" <<'PY'
+"$PY" scripts/plot_needle_curves.py --val "$WORK/data/val.parquet" "${evals[@]}" --out "$OUT"
+"$PY" - "$OUT/settings.json" "$WORK" "$1" "$VAL" "$SEED" <<'PY'
 import json, sys
 from pathlib import Path
 out, work, models, val, seed = sys.argv[1:]
 steps = {run: Path(work, "models/runs", run, "hf_model_step.txt").read_text().strip() for run in ("main", "ablation")}
 settings = {
     "command": f"bash scripts/needle_heldout_cpu.sh {models} OUT",
-    "held_out": {"videos": int(val), "seed": int(seed), "generator": "python -m sparse_video_r1.needle --train 0"},
+    "held_out": {"videos": int(val), "seed": int(seed), "generator": "python -m sparse_video_r1.synthetic.needle --train 0"},
     "models": {"sft": "sft", **{run: f"GRPO step {step}" for run, step in steps.items()}},
     "evaluation": {"backend": "transformers", "device": "cpu", "temperature": 0, "methods": ["adaptive"]},
     "evaluate_settings": json.load(open(Path(work, "eval/sft/settings.json"))),

@@ -9,21 +9,22 @@
 #
 # Knobs: WORK (/tmp/svr1_learnability), TRAIN (512), VAL (128), READING (256), EPOCHS (6), LR (3e-4), SEED (0).
 set -euo pipefail
+PY=${PYTHON:-python3}
 OUT=$(mkdir -p "${1:?usage: needle_learnability.sh OUT_DIR}" && cd "$1" && pwd)
 cd "$(dirname "$0")/.."
 WORK=${WORK:-/tmp/svr1_learnability}
 source scripts/needle_dialogue.sh
 rm -rf "$WORK" && mkdir -p "$WORK"
-python -m sparse_video_r1.tiny_model "$WORK/tiny"
-python -m sparse_video_r1.needle --out "$WORK/data" --train "${TRAIN:-512}" --val "${VAL:-128}" --seed "${SEED:-0}" \
+"$PY" -m sparse_video_r1.synthetic.tiny_model "$WORK/tiny"
+"$PY" -m sparse_video_r1.synthetic.needle --out "$WORK/data" --train "${TRAIN:-512}" --val "${VAL:-128}" --seed "${SEED:-0}" \
   --traces 1 --reading "${READING:-256}" --informed --dialogue "$DIALOGUE" > "$WORK/needle_data.json"
-python -m sparse_video_r1.sft --dialogue "$DIALOGUE" train --model "$WORK/tiny" --traces "$WORK/data/traces.jsonl" \
+"$PY" -m sparse_video_r1.training.sft --dialogue "$DIALOGUE" train --model "$WORK/tiny" --traces "$WORK/data/traces.jsonl" \
   --out "$WORK/sft" --epochs "${EPOCHS:-6}" --lr "${LR:-3e-4}" --seed "${SEED:-0}" --dtype float32 > "$WORK/sft.log" 2>&1
-python -m sparse_video_r1.evaluate --model "$WORK/sft" --data "$WORK/data/val.parquet" --out "$WORK/eval" \
+"$PY" -m sparse_video_r1.tools.evaluate --model "$WORK/sft" --data "$WORK/data/val.parquet" --out "$WORK/eval" \
   --backend transformers --temperature 0 --uniform 4 "${EVAL_DIALOGUE[@]}" --response-length 384 > "$WORK/eval.log" 2>&1
-python scripts/plot_needle_curves.py --val "$WORK/data/val.parquet" --eval "informed_sft=$WORK/eval" --out "$OUT"
+"$PY" scripts/plot_needle_curves.py --val "$WORK/data/val.parquet" --eval "informed_sft=$WORK/eval" --out "$OUT"
 cp "$WORK/sft/sft_metrics.json" "$OUT/"
-python - "$OUT/settings.json" "$DIALOGUE" "$WORK/needle_data.json" <<'PY'
+"$PY" - "$OUT/settings.json" "$DIALOGUE" "$WORK/needle_data.json" <<'PY'
 import json, os, sys
 out, dialogue, data = sys.argv[1:]
 settings = {

@@ -1,13 +1,14 @@
 """Learning curves and the held-out table of the needle proof-of-learning runs (``scripts/gpu/needle_grpo.sh``).
 
 Curves: per training step, from what verl itself wrote into each run folder: the rollout dumps
-(``rollouts/<step>.jsonl``, one line per dialogue with the fields of :func:`sparse_video_r1.needle.compute_score`)
-and the file logger's metrics (``metrics*.jsonl``: one file per invocation, so a resumed run adds a file; a
-later file wins for a step both hold). Validation points (greedy, the held-out split) come from the
-``val-aux/needle/<field>/mean@1`` metrics. Writes ``needle_curves.json`` (every step of every run) and
-``needle_curves.png`` (training accuracy, distance to the needle, frames and validation accuracy against step).
+(``rollouts/<step>.jsonl``, one line per dialogue with the fields of
+:func:`sparse_video_r1.synthetic.needle.compute_score`) and the file logger's metrics (``metrics*.jsonl``: one
+file per invocation, so a resumed run adds a file; a later file wins for a step both hold). Validation points
+(greedy, the held-out split) come from the ``val-aux/needle/<field>/mean@1`` metrics. Writes
+``needle_curves.json`` (every step of every run) and ``needle_curves.png`` (training accuracy, distance to the
+needle, frames and validation accuracy against step).
 
-Table: ``--eval NAME=DIR`` adds the records of ``python -m sparse_video_r1.evaluate`` runs
+Table: ``--eval NAME=DIR`` adds the records of ``python -m sparse_video_r1.tools.evaluate`` runs
 (``DIR/records_<method>.jsonl``) scored against the needles of ``--val``; writes ``needle_table.{json,md}``.
 
     python scripts/plot_needle_curves.py --run main=RUN_DIR --run ablation=RUN_DIR --out OUT \\
@@ -29,9 +30,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pyarrow.parquet as pq
 
-from sparse_video_r1 import needle
-from sparse_video_r1.curves import read_file_logger, rolling
-from sparse_video_r1.rollout_dump import read_jsonl
+from sparse_video_r1.synthetic import needle
+from sparse_video_r1.tools.curves import read_file_logger, rolling
+from sparse_video_r1.training.rollout_dump import read_jsonl
 
 #: Per-dialogue fields of the rollout dumps averaged per step.
 DUMP_FIELDS = ("accuracy", "hit_needle", "needle_distance", "proximity", "frames_used", "assistant_turns", "score")

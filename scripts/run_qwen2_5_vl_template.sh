@@ -6,6 +6,7 @@
 # 7B: MODEL_PATH=Qwen/Qwen2.5-VL-7B-Instruct ROLLOUT_TP=2 PARAM_OFFLOAD=True bash scripts/run_qwen2_5_vl_template.sh
 # PRINT_OVERRIDES=1 prints the hydra overrides (one per line) instead of training; the tests compose them.
 set -euo pipefail
+PY=${PYTHON:-python3}
 
 export HF_HOME=${HF_HOME:-/path/to/hf_home}
 DATA_DIR=${DATA_DIR:-/path/to/data/nextqa}        # parquet files written by dataset/NExT_QA.py
@@ -25,7 +26,7 @@ MICRO_BATCH_PER_GPU=${MICRO_BATCH_PER_GPU:-2}
 LR=${LR:-1e-6}
 TOTAL_EPOCHS=${TOTAL_EPOCHS:-1}
 
-# The dialogue (sparse_video_r1.config.DialogueConfig): frames, turns and the per-frame pixel budget.
+# The dialogue (sparse_video_r1.env.config.DialogueConfig): frames, turns and the per-frame pixel budget.
 INITIAL_FRAMES=${INITIAL_FRAMES:-4}
 FRAMES_PER_REQUEST=${FRAMES_PER_REQUEST:-4}
 MAX_FRAMES=${MAX_FRAMES:-16}
@@ -42,8 +43,8 @@ KEEP_CHECKPOINTS=${KEEP_CHECKPOINTS:-2}            # a 3B actor checkpoint is ~4
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 
 # Tracking: console plus TensorBoard files (no account). W&B: LOGGER='["console","wandb"]' (WANDB_MODE=offline
-# keeps it local). Curves: python -m sparse_video_r1.curves "$RUN_DIR"; dialogues of a step:
-# python -m sparse_video_r1.viewer rollouts "$RUN_DIR/rollouts" --step N. ROLLOUT_DATA_DIR= turns the dumps off.
+# keeps it local). Curves: python -m sparse_video_r1.tools.curves "$RUN_DIR"; dialogues of a step:
+# python -m sparse_video_r1.tools.viewer rollouts "$RUN_DIR/rollouts" --step N. ROLLOUT_DATA_DIR= turns the dumps off.
 LOGGER=${LOGGER:-'["console","tensorboard"]'}
 RUN_DIR=${RUN_DIR:-${ROOT}/outputs/${PROJECT_NAME}/${EXPERIMENT_NAME}}
 export TENSORBOARD_DIR=${TENSORBOARD_DIR:-${RUN_DIR}/tensorboard}
@@ -94,7 +95,7 @@ overrides=(
 # verl's defaults assume flash-attn 2 (remove-padding, flash_attention_2); `pip install -e ".[gpu]"` does not bring it.
 # Without it, attention falls back to torch's sdpa on padded batches (log-probs stay fused: configs/*.yaml).
 # ATTENTION=flash_attention_2|sdpa|eager forces a choice; the default detects flash-attn.
-ATTENTION=${ATTENTION:-$(python3 -c "import flash_attn" >/dev/null 2>&1 && echo flash_attention_2 || echo sdpa)}
+ATTENTION=${ATTENTION:-$("$PY" -c "import flash_attn" >/dev/null 2>&1 && echo flash_attention_2 || echo sdpa)}
 if [ "$ATTENTION" != flash_attention_2 ]; then
   echo "attention: ${ATTENTION} without remove-padding (flash-attn not in use on this node)" >&2
   overrides+=(
@@ -111,5 +112,5 @@ fi
 echo "NExT-QA release: ${ROW_DATA}; parquet: ${DATA_DIR}; model: ${MODEL_PATH}; run: ${RUN_DIR}"
 mkdir -p "$RUN_DIR"
 cd "$ROOT"
-exec python3 -m verl.trainer.main_ppo --config-path="${ROOT}/configs" --config-name=sparse_video_grpo \
+exec "$PY" -m verl.trainer.main_ppo --config-path="${ROOT}/configs" --config-name=sparse_video_grpo \
   "${overrides[@]}" "$@"

@@ -2,9 +2,9 @@
 
     python scripts/screenshot_viewer.py EVAL_OUT viewer.png [--qids Q1,Q2] [--method adaptive] [--width W --height H]
 
-EVAL_OUT is an ``sparse_video_r1.evaluate`` output folder: its ``dialogues.html`` is shot, or with ``--qids`` a
+EVAL_OUT is an ``sparse_video_r1.tools.evaluate`` output folder: its ``dialogues.html`` is shot, or with ``--qids`` a
 page of just those dialogues (from ``dialogues_<method>.jsonl``), since a screenshot shows only the page's top.
-It may also be a page itself (``python -m sparse_video_r1.viewer rollouts ... --out page.html``).
+It may also be a page itself (``python -m sparse_video_r1.tools.viewer rollouts ... --out page.html``).
 
 Needs Chromium (Debian: ``apt-get install -y chromium``). The page is opened from disk with networking and
 background services off, so the screenshot also shows that the page is self-contained.
@@ -18,7 +18,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from sparse_video_r1 import eval_report, evaluate, viewer
+from sparse_video_r1.tools import eval_report, evaluate, viewer
 
 CHROMIUM_FLAGS = (
     "--headless",

@@ -17,8 +17,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from sparse_video_r1.dialogue import StopReason
-from sparse_video_r1.dialogue_metrics import PREFIX, dialogue_metrics
+from sparse_video_r1.env.dialogue import StopReason
+from sparse_video_r1.training.dialogue_metrics import PREFIX, dialogue_metrics
 
 #: verl metric keys copied per step (missing ones are reported as null); a tuple lists the names the key has
 #: in verl's legacy trainer and in its v1 trainer, first found wins.

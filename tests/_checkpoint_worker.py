@@ -53,7 +53,7 @@ def template_overrides(model: str, world_size: int) -> list[str]:
     """The template's overrides for ``model`` on ``world_size`` ranks, each training on 1 question x 2 rollouts."""
     lines = subprocess.run(
         ["bash", str(REPO / "scripts" / "run_qwen2_5_vl_template.sh")],
-        env={**os.environ, "PRINT_OVERRIDES": "1", "MODEL_PATH": model},
+        env={**os.environ, "PRINT_OVERRIDES": "1", "MODEL_PATH": model, "PYTHON": sys.executable},
         capture_output=True,
         text=True,
         check=True,

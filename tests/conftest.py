@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from sparse_video_r1.synthetic import write_index_video
-from sparse_video_r1.tiny_model import build_tiny_qwen2_5_vl
+from sparse_video_r1.synthetic.tiny_model import build_tiny_qwen2_5_vl
+from sparse_video_r1.synthetic.videos import write_index_video
+
+
+def script_env(**extra: str) -> dict[str, str]:
+    """The environment to run one of the repo's shell scripts in: ``PYTHON`` is the interpreter running the tests.
+
+    The scripts call ``${PYTHON:-python3}``; without this they would run whatever ``python3`` is first on PATH,
+    which need not be the one with the package and its dependencies (a venv's python called by its path).
+    """
+    return {**os.environ, "PYTHON": sys.executable, **extra}
 
 
 @pytest.fixture(scope="session")

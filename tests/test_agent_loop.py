@@ -18,11 +18,11 @@ from verl.experimental.agent_loop.agent_loop import AgentLoopOutput, DictConfigW
 from verl.utils.dataset.rl_dataset import RLHFDataset
 from verl.utils.tokenizer import hf_processor, hf_tokenizer
 
-from sparse_video_r1.agent_loop import SparseVideoAgentLoop
-from sparse_video_r1.dialogue import StopReason
-from sparse_video_r1.hf_server import ScriptedServer, TransformersServer
-from sparse_video_r1.standalone import to_training_batch
-from sparse_video_r1.synthetic import read_frame_index
+from sparse_video_r1.env.dialogue import StopReason
+from sparse_video_r1.serving.hf_server import ScriptedServer, TransformersServer
+from sparse_video_r1.synthetic.videos import read_frame_index
+from sparse_video_r1.training.agent_loop import SparseVideoAgentLoop
+from sparse_video_r1.training.standalone import to_training_batch
 
 FPS = 10.0
 OPTIONS = ["red", "green", "blue", "yellow", "black"]

@@ -21,9 +21,9 @@ import torch
 from test_launch_config import compose_training_config, template_overrides
 from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
-from sparse_video_r1 import evaluate
 from sparse_video_r1.data import preprocess_split, read_nextqa_split
-from sparse_video_r1.synthetic_nextqa import write_nextqa_like_release
+from sparse_video_r1.synthetic.nextqa import write_nextqa_like_release
+from sparse_video_r1.tools import evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures" / "nextqa"

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from verl.utils.tracking import FileLogger
 
-from sparse_video_r1 import curves
+from sparse_video_r1.tools import curves
 
 
 def _log(path: Path, steps: dict[int, dict[str, float]], monkeypatch: pytest.MonkeyPatch) -> None:

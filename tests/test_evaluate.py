@@ -4,22 +4,23 @@ transformers backend, and scripted policies where the test needs to know the ans
 from __future__ import annotations
 
 import json
-import os
 import subprocess
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
+from conftest import script_env
 from verl.utils.tokenizer import hf_tokenizer
 
-from sparse_video_r1 import eval_report, evaluate
-from sparse_video_r1.config import DialogueConfig
 from sparse_video_r1.data import preprocess_split, read_nextqa_split
 from sparse_video_r1.data.nextqa import QUESTION_GROUPS
-from sparse_video_r1.hf_server import ScriptedServer
-from sparse_video_r1.synthetic_nextqa import write_nextqa_like_release
+from sparse_video_r1.env.config import DialogueConfig
+from sparse_video_r1.serving.hf_server import ScriptedServer
+from sparse_video_r1.synthetic.nextqa import write_nextqa_like_release
+from sparse_video_r1.tools import eval_report, evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures" / "nextqa"
@@ -279,13 +280,13 @@ def test_baselines_are_single_turn_with_n_frames_and_share_the_other_settings():
 
 
 def test_the_evaluate_template_passes_flags_the_cli_accepts(tmp_path):
-    env = {**os.environ, "PRINT_COMMAND": "1", "DATA_DIR": str(tmp_path), "MODEL_PATH": "m", "MAX_FRAMES": "12"}
+    env = script_env(PRINT_COMMAND="1", DATA_DIR=str(tmp_path), MODEL_PATH="m", MAX_FRAMES="12")
     printed = subprocess.run(
         ["bash", str(ROOT / "scripts" / "evaluate.sh"), "--limit", "5"], env=env, capture_output=True, text=True
     )
     assert printed.returncode == 0, printed.stderr
     command = printed.stdout.splitlines()
-    assert command[:3] == ["python3", "-m", "sparse_video_r1.evaluate"]
+    assert command[:3] == [sys.executable, "-m", "sparse_video_r1.tools.evaluate"]
     args = evaluate.parse_args(command[3:])
     assert (args.data, args.backend, args.uniform, args.limit) == (f"{tmp_path}/val.parquet", "vllm", (4, 8, 16, 32), 5)
     assert (args.max_total_frames, args.max_pixels, args.prompt_length) == (12, 100352, None)

@@ -23,9 +23,9 @@ import pytest
 from av.video.reformatter import VideoReformatter
 from video_corpus import WRITERS, CorpusVideo
 
-from sparse_video_r1.config import IMAGE_FACTOR
-from sparse_video_r1.frames import DecodeFailedError, FrameSampler
-from sparse_video_r1.synthetic import read_frame_index, write_index_video
+from sparse_video_r1.env.config import IMAGE_FACTOR
+from sparse_video_r1.env.frames import DecodeFailedError, FrameSampler
+from sparse_video_r1.synthetic.videos import read_frame_index, write_index_video
 
 MIN_PIXELS = 4 * IMAGE_FACTOR * IMAGE_FACTOR
 MAX_PIXELS = 16 * IMAGE_FACTOR * IMAGE_FACTOR

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from sparse_video_r1.config import IMAGE_FACTOR, DialogueConfig
-from sparse_video_r1.frames import FrameSampler
-from sparse_video_r1.synthetic import read_frame_index, write_index_video
+from sparse_video_r1.env.config import IMAGE_FACTOR, DialogueConfig
+from sparse_video_r1.env.frames import FrameSampler
+from sparse_video_r1.synthetic.videos import read_frame_index, write_index_video
 
 MIN_PIXELS = 16 * IMAGE_FACTOR * IMAGE_FACTOR
 MAX_PIXELS = 64 * IMAGE_FACTOR * IMAGE_FACTOR

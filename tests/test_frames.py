@@ -21,9 +21,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from sparse_video_r1 import frames
-from sparse_video_r1.config import IMAGE_FACTOR, DialogueConfig
-from sparse_video_r1.frames import (
+from sparse_video_r1.env import frames
+from sparse_video_r1.env.config import IMAGE_FACTOR, DialogueConfig
+from sparse_video_r1.env.frames import (
     DecodeFailedError,
     DecodeTimeoutError,
     EmptyVideoError,
@@ -37,7 +37,7 @@ from sparse_video_r1.frames import (
     resize_to_budget,
     uniform_timestamps,
 )
-from sparse_video_r1.synthetic import read_frame_index, write_index_video
+from sparse_video_r1.synthetic.videos import read_frame_index, write_index_video
 
 MIN_PIXELS = 16 * IMAGE_FACTOR * IMAGE_FACTOR
 MAX_PIXELS = 64 * IMAGE_FACTOR * IMAGE_FACTOR

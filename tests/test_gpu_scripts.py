@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+from conftest import script_env
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -51,9 +53,9 @@ def test_attaching_without_a_job_or_command_is_an_error(tmp_path: Path) -> None:
     assert result.returncode == 2 and "no command given" in result.stdout
 
 
-#: Stands in for `python -m verl.trainer.main_ppo` (verl needs a GPU): logs two steps and then does FIRST_END (hangs
-#: or fails) on its first start, logs one step and exits on its second. Any other `python` call goes to the real
-#: interpreter.
+#: Stands in for the interpreter when it runs `-m verl.trainer.main_ppo` (verl needs a GPU): logs two steps and then
+#: does FIRST_END (hangs or fails) on its first start, logs one step and exits on its second. Any other call goes to
+#: the real interpreter.
 FAKE_PYTHON = """#!/usr/bin/env bash
 if [ "$2" = verl.trainer.main_ppo ]; then
   starts=$WORK/starts
@@ -69,7 +71,7 @@ exec REAL_PYTHON "$@"
 """
 
 
-#: Stands in for `python -m verl.trainer.main_ppo` in the `train` stage: notes when each run begins and ends.
+#: Stands in for the interpreter's `-m verl.trainer.main_ppo` in the `train` stage: notes when each run begins and ends.
 FAKE_PYTHON_RUNS = """#!/usr/bin/env bash
 if [ "$2" = verl.trainer.main_ppo ]; then
   name=$(printf '%s\n' "$@" | sed -n 's/^trainer.experiment_name=//p')
@@ -86,24 +88,23 @@ exec REAL_PYTHON "$@"
 def run_needle_stage(
     tmp_path: Path, stage: str, fake: str, deadline_s: int = 200
 ) -> tuple[subprocess.CompletedProcess[str], Path]:
-    """needle_grpo.sh's ``stage`` with ``fake`` standing in for `python` (REAL_PYTHON: the real interpreter)."""
-    shim = tmp_path / "bin"
-    shim.mkdir()
-    (shim / "python").write_text(fake.replace("REAL_PYTHON", sys.executable))
-    (shim / "python").chmod(0o755)
+    """needle_grpo.sh's ``stage`` with ``fake`` as its ``PYTHON`` (REAL_PYTHON: the interpreter running the tests)."""
+    python = tmp_path / "bin" / "python"
+    python.parent.mkdir()
+    python.write_text(fake.replace("REAL_PYTHON", sys.executable))
+    python.chmod(0o755)
     work = tmp_path / "work"
     (work / "sft").mkdir(parents=True)
-    env = {
-        **os.environ,
-        "PATH": f"{shim}:{os.environ['PATH']}",
-        "WORK": str(work),
-        "STAGE": stage,
-        "DEADLINE_S": str(deadline_s),
-        "PACK_S": "0",
-        "START_S": "30",
-        "STALL_S": "2",
-        "POLL_S": "1",
-    }
+    env = script_env(
+        PYTHON=str(python),
+        WORK=str(work),
+        STAGE=stage,
+        DEADLINE_S=str(deadline_s),
+        PACK_S="0",
+        START_S="30",
+        STALL_S="2",
+        POLL_S="1",
+    )
     result = subprocess.run(
         ["bash", str(ROOT / "scripts" / "gpu" / "needle_grpo.sh"), str(tmp_path / "out")],
         env=env, capture_output=True, text=True, timeout=120,

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 from verl.workers.rollout.replica import TokenOutput
 
-from sparse_video_r1.hf_server import DEFAULT_MAX_TOKENS, SamplingParams, ScriptedServer, TransformersServer
+from sparse_video_r1.serving.hf_server import DEFAULT_MAX_TOKENS, SamplingParams, ScriptedServer, TransformersServer
 
 SAMPLING = {"temperature": 1.0, "top_p": 1.0, "top_k": -1, "logprobs": True, "max_tokens": 12}
 

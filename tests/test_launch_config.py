@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import script_env
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from sparse_video_r1.config import AGENT_NAME, DialogueConfig, RewardConfig, from_mapping
+from sparse_video_r1.env.config import AGENT_NAME, DialogueConfig, RewardConfig, from_mapping
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = ROOT / "scripts" / "run_qwen2_5_vl_template.sh"
@@ -20,7 +20,7 @@ TEMPLATE = ROOT / "scripts" / "run_qwen2_5_vl_template.sh"
 def template_overrides(*extra: str, **env: str) -> list[str]:
     result = subprocess.run(
         ["bash", str(TEMPLATE), *extra],
-        env={**os.environ, "PRINT_OVERRIDES": "1", **env},
+        env=script_env(PRINT_OVERRIDES="1", **env),
         capture_output=True,
         text=True,
         check=True,
@@ -41,7 +41,7 @@ def test_template_overrides_compose_into_a_grpo_config_with_our_loop_and_reward(
     assert rollout.agent.default_agent_loop == AGENT_NAME
     assert rollout.limit_images == 12, "vLLM's image limit must follow the dialogue's frame budget"
     assert cfg.actor_rollout_ref.model.path == "/models/qwen"
-    assert cfg.reward.custom_reward_function.path == "pkg://sparse_video_r1.reward"
+    assert cfg.reward.custom_reward_function.path == "pkg://sparse_video_r1.training.reward"
     dialogue = from_mapping(DialogueConfig, OmegaConf.to_container(cfg.sparse_video))
     assert dialogue.max_total_frames == 12
     from_mapping(RewardConfig, OmegaConf.to_container(cfg.reward.custom_reward_function.reward_kwargs))
@@ -49,7 +49,9 @@ def test_template_overrides_compose_into_a_grpo_config_with_our_loop_and_reward(
 
 def test_agent_loop_registry_file_names_our_class():
     entries = OmegaConf.load(ROOT / "configs" / "agent_loops.yaml")
-    assert [(e.name, e._target_) for e in entries] == [(AGENT_NAME, "sparse_video_r1.agent_loop.SparseVideoAgentLoop")]
+    assert [(e.name, e._target_) for e in entries] == [
+        (AGENT_NAME, "sparse_video_r1.training.agent_loop.SparseVideoAgentLoop")
+    ]
     cfg = compose_training_config(template_overrides())
     assert Path(cfg.actor_rollout_ref.rollout.agent.agent_loop_config_path) == ROOT / "configs" / "agent_loops.yaml"
 
@@ -74,7 +76,7 @@ def test_unknown_dialogue_key_in_the_config_is_rejected_by_name():
 def test_attention_falls_back_without_flash_attn_and_composes(attention: str, remove_padding: bool):
     result = subprocess.run(
         ["bash", str(TEMPLATE)],
-        env={**os.environ, "PRINT_OVERRIDES": "1", "ATTENTION": attention},
+        env=script_env(PRINT_OVERRIDES="1", ATTENTION=attention),
         capture_output=True,
         text=True,
         check=True,
@@ -98,7 +100,7 @@ def test_the_attention_default_follows_whether_flash_attn_imports():
 def test_default_tracker_is_local_and_the_v1_sampler_reports_dialogue_metrics():
     from verl.utils.import_utils import load_extern_object
 
-    from sparse_video_r1.verl_metrics import dialogue_metrics_replay_buffer
+    from sparse_video_r1.training.verl_metrics import dialogue_metrics_replay_buffer
 
     cfg = compose_training_config(template_overrides(MODEL_PATH="/models/qwen", RUN_DIR="/runs/a"))
     assert list(cfg.trainer.logger) == ["console", "tensorboard"]

@@ -21,10 +21,10 @@ from test_agent_loop import image_pad_runs, make_loop, model_turns, run_loop
 from test_launch_config import compose_training_config, template_overrides
 from verl.utils.tokenizer import hf_processor, hf_tokenizer
 
-from sparse_video_r1.dialogue import StopReason
-from sparse_video_r1.hf_server import ScriptedServer
-from sparse_video_r1.standalone import to_training_batch
-from sparse_video_r1.synthetic import read_frame_index
+from sparse_video_r1.env.dialogue import StopReason
+from sparse_video_r1.serving.hf_server import ScriptedServer
+from sparse_video_r1.synthetic.videos import read_frame_index
+from sparse_video_r1.training.standalone import to_training_batch
 
 WIDTH, HEIGHT, FPS, NUM_FRAMES = 896, 448, 4.0, 40  # 10 s; the initial frames are 5, 15, 25 and 35
 #: Four new frames per request turn, none of them an initial frame: (timestamp s, frame index) at 4 fps.

@@ -16,19 +16,20 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from conftest import script_env
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from PIL import Image
 from verl.utils.import_utils import load_class_from_fqn
 
-from sparse_video_r1 import needle
-from sparse_video_r1.config import DialogueConfig, from_mapping
 from sparse_video_r1.data.records import VideoQARecord
-from sparse_video_r1.dialogue import Episode, VideoQA
-from sparse_video_r1.frames import FrameSampler
-from sparse_video_r1.protocol import OPTION_LETTERS, FrameRequest, parse_turn
-from sparse_video_r1.sft import Trace, replay
-from sparse_video_r1.verl_metrics import DialogueMetricsAgentLoopManager
+from sparse_video_r1.env.config import DialogueConfig, from_mapping
+from sparse_video_r1.env.dialogue import Episode, VideoQA
+from sparse_video_r1.env.frames import FrameSampler
+from sparse_video_r1.env.protocol import OPTION_LETTERS, FrameRequest, parse_turn
+from sparse_video_r1.synthetic import needle
+from sparse_video_r1.training.sft import Trace, replay
+from sparse_video_r1.training.verl_metrics import DialogueMetricsAgentLoopManager
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -297,14 +298,14 @@ def test_record_extras_must_not_shadow_standard_fields() -> None:
 def test_gpu_script_overrides_compose_into_the_needle_runs_config(tmp_path: Path) -> None:
     printed = subprocess.run(
         ["bash", str(ROOT / "scripts" / "gpu" / "needle_grpo.sh"), str(tmp_path)],
-        env={**os.environ, "PRINT_OVERRIDES": "1", "STEPS": "7"},
+        env=script_env(PRINT_OVERRIDES="1", STEPS="7"),
         capture_output=True,
         text=True,
         check=True,
     ).stdout.splitlines()
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base=None):
         cfg = compose(config_name="sparse_video_grpo", overrides=printed)
-    assert cfg.reward.custom_reward_function.path == "pkg://sparse_video_r1.needle"
+    assert cfg.reward.custom_reward_function.path == "pkg://sparse_video_r1.synthetic.needle"
     assert from_mapping(DialogueConfig, OmegaConf.to_container(cfg.sparse_video)) == needle.DIALOGUE
     assert "hf_model" in cfg.actor_rollout_ref.actor.checkpoint.save_contents
     assert cfg.trainer.total_training_steps == 7 and cfg.trainer.resume_mode == "auto"

@@ -16,7 +16,7 @@ from sparse_video_r1.data import preprocess_split, read_nextqa_split
 from sparse_video_r1.data.nextqa import load_video_map, video_file
 from sparse_video_r1.data.preprocess import format_report
 from sparse_video_r1.data.video_check import check_videos
-from sparse_video_r1.synthetic import write_index_video
+from sparse_video_r1.synthetic.videos import write_index_video
 
 FIXTURES = Path(__file__).parent / "fixtures" / "nextqa"
 #: train videos made unreadable: a zero-byte file and text posing as mp4 (4 questions each); 1 stays good.

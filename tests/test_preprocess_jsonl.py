@@ -17,7 +17,6 @@ from _rlhf_loading import load_rlhf_dataset
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sparse_video_r1.config import AGENT_NAME
 from sparse_video_r1.data import (
     BadRowError,
     VideoQARecord,
@@ -26,8 +25,9 @@ from sparse_video_r1.data import (
     to_verl_row,
     write_parquet,
 )
-from sparse_video_r1.protocol import question_text
-from sparse_video_r1.synthetic import write_index_video
+from sparse_video_r1.env.config import AGENT_NAME
+from sparse_video_r1.env.protocol import question_text
+from sparse_video_r1.synthetic.videos import write_index_video
 
 REPO = Path(__file__).resolve().parents[1]
 CLI = REPO / "dataset" / "NExT_QA.py"

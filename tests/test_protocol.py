@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from sparse_video_r1.protocol import (
+from sparse_video_r1.env.protocol import (
     INVALID_REASONS,
     MAX_PARSED_TIMESTAMPS,
     OPTION_LETTERS,

@@ -16,10 +16,10 @@ from test_agent_loop import ANSWER, FPS, REQUEST, make_loop, row, run_loop
 from test_reward import verl_extra_info
 from verl.utils.tokenizer import hf_processor, hf_tokenizer
 
-from sparse_video_r1 import frames
-from sparse_video_r1.hf_server import ScriptedServer
-from sparse_video_r1.reward import compute_score
-from sparse_video_r1.standalone import to_training_batch
+from sparse_video_r1.env import frames
+from sparse_video_r1.serving.hf_server import ScriptedServer
+from sparse_video_r1.training.reward import compute_score
+from sparse_video_r1.training.standalone import to_training_batch
 
 #: The hanging video: 70 frames at 10 fps, so its initial frames (17, 52) differ from the requested 35.
 HANGING_FRAMES = 70

@@ -2,7 +2,8 @@
 
 One table drives it: a scripted policy writes the turns, and the loop's ``extra_fields`` (what the rollout
 dumps and the reward see) must show the documented stop reason and counters, and the reward must score
-them as documented. The outcomes are tabled in :mod:`sparse_video_r1.dialogue` and :mod:`sparse_video_r1.protocol`.
+them as documented. The outcomes are tabled in :mod:`sparse_video_r1.env.dialogue` and
+:mod:`sparse_video_r1.env.protocol`.
 """
 
 from __future__ import annotations
@@ -17,11 +18,11 @@ from test_reward import verl_extra_info
 from verl.utils.tokenizer import hf_processor, hf_tokenizer
 from verl.workers.rollout.replica import TokenOutput
 
-from sparse_video_r1.agent_loop import UNAVAILABLE_TEXT
-from sparse_video_r1.dialogue import ENVIRONMENT_FAILURES, StopReason
-from sparse_video_r1.hf_server import ScriptedServer
-from sparse_video_r1.reward import compute_score
-from sparse_video_r1.synthetic import read_frame_index
+from sparse_video_r1.env.dialogue import ENVIRONMENT_FAILURES, StopReason
+from sparse_video_r1.serving.hf_server import ScriptedServer
+from sparse_video_r1.synthetic.videos import read_frame_index
+from sparse_video_r1.training.agent_loop import UNAVAILABLE_TEXT
+from sparse_video_r1.training.reward import compute_score
 
 #: The video of every case: 60 frames at 10 fps (6 s); the 2 initial frames are 15 and 45 (1.5 s, 4.5 s).
 NUM_FRAMES = 60

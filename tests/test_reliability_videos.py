@@ -1,7 +1,7 @@
 """Every kind of bad video, through the frame sampler and through the agent loop in one batch.
 
 Each file either gives the right frames (checked by the index painted on every frame) or a named
-:class:`~sparse_video_r1.frames.VideoError`; in the agent loop a failure becomes that sample's recorded stop
+:class:`~sparse_video_r1.env.frames.VideoError`; in the agent loop a failure becomes that sample's recorded stop
 reason with a zero reward and no gradient, while the other samples of the batch complete. The outcomes are
 tabled in ``docs/RELIABILITY.md``.
 """
@@ -22,21 +22,21 @@ from test_reward import verl_extra_info
 from verl.utils.tokenizer import hf_processor, hf_tokenizer
 from video_corpus import encode_video
 
-from sparse_video_r1.config import IMAGE_FACTOR
-from sparse_video_r1.dialogue import StopReason
-from sparse_video_r1.eval_report import summarize
-from sparse_video_r1.evaluate import RunClock, make_record
-from sparse_video_r1.frames import (
+from sparse_video_r1.env.config import IMAGE_FACTOR
+from sparse_video_r1.env.dialogue import StopReason
+from sparse_video_r1.env.frames import (
     DecodeFailedError,
     FrameSampler,
     VideoError,
     VideoNotFoundError,
     VideoUnreadableError,
 )
-from sparse_video_r1.hf_server import ScriptedServer
-from sparse_video_r1.reward import compute_score
-from sparse_video_r1.standalone import to_training_batch
-from sparse_video_r1.synthetic import index_image, read_frame_index, write_index_video
+from sparse_video_r1.serving.hf_server import ScriptedServer
+from sparse_video_r1.synthetic.videos import index_image, read_frame_index, write_index_video
+from sparse_video_r1.tools.eval_report import summarize
+from sparse_video_r1.tools.evaluate import RunClock, make_record
+from sparse_video_r1.training.reward import compute_score
+from sparse_video_r1.training.standalone import to_training_batch
 
 MIN_PIXELS = 16 * IMAGE_FACTOR * IMAGE_FACTOR
 MAX_PIXELS = 64 * IMAGE_FACTOR * IMAGE_FACTOR

@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from sparse_video_r1.dialogue import StopReason
-from sparse_video_r1.protocol import followup_user_content
-from sparse_video_r1.reward import compute_score, normalize_ground_truth
+from sparse_video_r1.env.dialogue import StopReason
+from sparse_video_r1.env.protocol import followup_user_content
+from sparse_video_r1.training.reward import compute_score, normalize_ground_truth
 
 STOPS = {f"stop/{reason.value}" for reason in StopReason}
 KEYS = {"score", "accuracy", "format", "frame_penalty", "frames_used", "assistant_turns", "requested_frames"} | STOPS
@@ -226,7 +226,7 @@ def test_real_verl_reward_loop_call() -> None:
         {
             "reward": {
                 "custom_reward_function": {
-                    "path": "pkg://sparse_video_r1.reward",
+                    "path": "pkg://sparse_video_r1.training.reward",
                     "name": "compute_score",
                     "reward_kwargs": {"frame_cost": 0.01, "format_weight": 0.2},
                 }

@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 from transformers import AutoProcessor
 
-from sparse_video_r1.config import DialogueConfig
-from sparse_video_r1.dialogue import VideoQA
-from sparse_video_r1.frames import FrameSampler
-from sparse_video_r1.sft import (
+from sparse_video_r1.env.config import DialogueConfig
+from sparse_video_r1.env.dialogue import VideoQA
+from sparse_video_r1.env.frames import FrameSampler
+from sparse_video_r1.synthetic.videos import read_frame_index
+from sparse_video_r1.training.sft import (
     IGNORE_INDEX,
     SFTConfig,
     Trace,
@@ -22,7 +23,6 @@ from sparse_video_r1.sft import (
     synthetic_traces,
     train,
 )
-from sparse_video_r1.synthetic import read_frame_index
 
 CONFIG = DialogueConfig(initial_frames=2, max_frames_per_request=2, max_total_frames=6, max_turns=3)
 OPTIONS = ("red", "green", "blue", "yellow", "black")

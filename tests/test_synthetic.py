@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from sparse_video_r1.synthetic import MAX_FRAMES, index_image, read_frame_index, write_index_video
+from sparse_video_r1.synthetic.videos import MAX_FRAMES, index_image, read_frame_index, write_index_video
 
 
 def decode_all(path: Path) -> tuple[list[np.ndarray], list[bool], av.video.stream.VideoStream]:

@@ -16,7 +16,7 @@ from transformers import (
     Qwen2_5_VLProcessor,
 )
 
-from sparse_video_r1.tiny_model import QWEN_SPECIAL_TOKENS, build_tiny_qwen2_5_vl, main
+from sparse_video_r1.synthetic.tiny_model import QWEN_SPECIAL_TOKENS, build_tiny_qwen2_5_vl, main
 
 VISION_BLOCK = "<|vision_start|><|image_pad|><|vision_end|>"
 
@@ -151,7 +151,7 @@ def test_build_is_deterministic_and_cli(tmp_path: Path, model_dir: Path) -> None
 )
 def test_real_size_shapes_have_the_published_parameter_counts(shape, published_billions, vocab_rows, tied):
     """Built on the meta device: the dimensions, not the weights, are what memory and speed depend on."""
-    from sparse_video_r1.tiny_model import SHAPES, build_config, default_corpus, train_tokenizer
+    from sparse_video_r1.synthetic.tiny_model import SHAPES, build_config, default_corpus, train_tokenizer
 
     config = build_config(train_tokenizer(default_corpus()), shape=SHAPES[shape])
     with torch.device("meta"):

@@ -23,12 +23,13 @@ from verl.experimental.agent_loop.agent_loop import AgentLoopWorker
 from verl.trainer.ppo.metric_utils import compute_timing_metrics
 from verl.utils.tokenizer import hf_processor, hf_tokenizer
 
-from sparse_video_r1 import protocol, rollout_dump
-from sparse_video_r1.dialogue import StopReason
-from sparse_video_r1.dialogue_metrics import dialogue_metrics, dialogue_record
-from sparse_video_r1.hf_server import ScriptedServer
-from sparse_video_r1.protocol import OPTION_LETTERS
-from sparse_video_r1.standalone import make_agent_loop
+from sparse_video_r1.env import protocol
+from sparse_video_r1.env.dialogue import StopReason
+from sparse_video_r1.env.protocol import OPTION_LETTERS
+from sparse_video_r1.serving.hf_server import ScriptedServer
+from sparse_video_r1.training import rollout_dump
+from sparse_video_r1.training.dialogue_metrics import dialogue_metrics, dialogue_record
+from sparse_video_r1.training.standalone import make_agent_loop
 
 FPS = 10.0
 OPTIONS = ["red", "green", "blue", "yellow", "black"]
@@ -80,7 +81,7 @@ def rows(make_video, tmp_path_factory) -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def agent_loop(tiny_model_dir, tokenizer_and_processor):
-    from sparse_video_r1.config import DialogueConfig
+    from sparse_video_r1.env.config import DialogueConfig
 
     tokenizer, _ = tokenizer_and_processor
 
@@ -141,7 +142,7 @@ def _expected(outputs, rows) -> dict[str, float]:
 
 def _score(agent_loop, outputs, rows, training_config):
     """Each output scored as verl's agent-loop worker does, through verl's reward loop and our reward."""
-    from sparse_video_r1.cpu_step import scoring_worker
+    from sparse_video_r1.training.cpu_step import scoring_worker
 
     worker = scoring_worker(training_config, agent_loop.tokenizer, agent_loop.processor)
     for output, row in zip(outputs, rows, strict=True):
@@ -151,7 +152,7 @@ def _score(agent_loop, outputs, rows, training_config):
 
 @pytest.fixture(scope="module")
 def outputs(agent_loop, rows):
-    from sparse_video_r1.cpu_step import run_groups
+    from sparse_video_r1.training.cpu_step import run_groups
 
     return [group[0] for group in run_groups(agent_loop, rows, 1, {"temperature": 1.0, "logprobs": True})]
 
@@ -198,8 +199,8 @@ def v1_run(agent_loop, outputs, rows, training_config, transfer_queue, tmp_path_
     """Two training steps of the scripted dialogues through verl's v1 post-generation path."""
     from omegaconf import OmegaConf
 
-    from sparse_video_r1.cpu_step import CpuStepRunner
-    from sparse_video_r1.verl_metrics import DialogueMetricsReplayBuffer
+    from sparse_video_r1.training.cpu_step import CpuStepRunner
+    from sparse_video_r1.training.verl_metrics import DialogueMetricsReplayBuffer
 
     run = tmp_path_factory.mktemp("v1_run")
     with pytest.MonkeyPatch.context() as env:
@@ -253,7 +254,7 @@ def test_v1_dialogue_records_join_verls_rollout_dump(v1_run, rows):
 
 
 def test_curves_read_tensorboard_and_file_logger_alike_and_draw(v1_run, outputs, rows):
-    from sparse_video_r1 import curves
+    from sparse_video_r1.tools import curves
 
     run, _ = v1_run
     from_events = curves.read_run(run / "tensorboard")
@@ -269,7 +270,7 @@ def test_curves_read_tensorboard_and_file_logger_alike_and_draw(v1_run, outputs,
 
 
 def test_viewer_renders_a_training_step_with_its_frames_decoded_again(v1_run, outputs):
-    from sparse_video_r1 import viewer
+    from sparse_video_r1.tools import viewer
 
     run, _ = v1_run
     page = viewer.render_rollouts(run / "rollouts", None, run / "step.html", limit=10, max_pixels=3136)
@@ -296,7 +297,7 @@ def _legacy_samples(agent_loop, outputs, rows, training_config):
 def test_legacy_trainer_path_reports_dialogue_metrics_as_timing_of_generation(
     agent_loop, outputs, rows, training_config, tmp_path
 ):
-    from sparse_video_r1.verl_metrics import DialogueStepReport, legacy_step_metrics
+    from sparse_video_r1.training.verl_metrics import DialogueStepReport, legacy_step_metrics
 
     worker, samples = _legacy_samples(agent_loop, outputs, rows, training_config)
     output = AgentLoopWorker._postprocess(worker, samples, input_non_tensor_batch=None)
@@ -322,7 +323,7 @@ def test_legacy_manager_adds_the_metrics_to_training_batches_only(
 ):
     from verl.experimental.agent_loop.agent_loop import AgentLoopManager
 
-    from sparse_video_r1.verl_metrics import DialogueMetricsAgentLoopManager, DialogueStepReport
+    from sparse_video_r1.training.verl_metrics import DialogueMetricsAgentLoopManager, DialogueStepReport
 
     worker, samples = _legacy_samples(agent_loop, outputs, rows, training_config)
 

@@ -19,12 +19,12 @@ from typing import Any, ClassVar
 import pytest
 from verl.utils.tokenizer import hf_processor
 
-from sparse_video_r1 import evaluate
-from sparse_video_r1.config import DialogueConfig
 from sparse_video_r1.data import preprocess_split, read_nextqa_split
-from sparse_video_r1.standalone import make_agent_loop
-from sparse_video_r1.synthetic_nextqa import write_nextqa_like_release
-from sparse_video_r1.vllm_server import VERL_WORKER_EXTENSION, AsyncVLLMServer
+from sparse_video_r1.env.config import DialogueConfig
+from sparse_video_r1.serving.vllm_server import VERL_WORKER_EXTENSION, AsyncVLLMServer
+from sparse_video_r1.synthetic.nextqa import write_nextqa_like_release
+from sparse_video_r1.tools import evaluate
+from sparse_video_r1.training.standalone import make_agent_loop
 
 FIXTURES = Path(__file__).parent / "fixtures" / "nextqa"
 OPTIONS = ["red", "green", "blue", "yellow", "black"]

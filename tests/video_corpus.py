@@ -1,6 +1,6 @@
 """A corpus of small videos in the containers and timing cases public datasets hold, written by PyAV.
 
-Every frame paints its own index (:func:`sparse_video_r1.synthetic.index_image`) and is muxed with a known
+Every frame paints its own index (:func:`sparse_video_r1.synthetic.videos.index_image`) and is muxed with a known
 presentation time, so a test can tell which picture a sampler returned and when it should be on screen. The
 cases are the ones that broke timing by frame rate: AVI (MPEG-4 Part 2 with B-frames, H.264 with B-pyramid),
 variable frame rate with gaps and jitter, an mp4 starting late or cut by an edit list, Matroska, WebM (VP9),
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import av
 
-from sparse_video_r1.synthetic import index_image
+from sparse_video_r1.synthetic.videos import index_image
 
 WIDTH, HEIGHT = 64, 48
 

@@ -13,27 +13,28 @@
 # sparse_video_r1 benchmarks`) with prefix caching on, into OUT_DIR/baseline: a before/after on one machine.
 # CPU check of the same code path: python benchmarks/rollout.py --backend transformers --dialogues 4 --out /tmp/r
 set -euo pipefail
+PY=${PYTHON:-python3}
 OUT=$(mkdir -p "${1:?usage: bench_rollout.sh OUT_DIR}" && cd "$1" && pwd)
 WORK=${WORK:-/tmp/svr1_bench_rollout}
 export RAY_AUTH_MODE=disabled VLLM_USE_FLASHINFER_SAMPLER=0 PYTHONUNBUFFERED=1
 mkdir -p "$WORK"
 nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1 || true
-[ -f "$WORK/tiny/config.json" ] || python -m sparse_video_r1.tiny_model "$WORK/tiny"
+[ -f "$WORK/tiny/config.json" ] || "$PY" -m sparse_video_r1.synthetic.tiny_model "$WORK/tiny"
 # `pip install --target` leaves py-spy's binary out of the target's bin/: take it from the staged wheel.
 if ! command -v py-spy > /dev/null && compgen -G "/tmp/gpu-wheels/py_spy-*.whl" > /dev/null; then
-  python -m zipfile -e /tmp/gpu-wheels/py_spy-*.whl "$WORK/py_spy" && mkdir -p "$WORK/bin"
+  "$PY" -m zipfile -e /tmp/gpu-wheels/py_spy-*.whl "$WORK/py_spy" && mkdir -p "$WORK/bin"
   install -m 755 "$(find "$WORK/py_spy" -name py-spy -type f | head -1)" "$WORK/bin/py-spy"
   export PATH="$WORK/bin:$PATH"
 fi
 for prefix in ${PREFIX:-on off}; do
   echo "== prefix caching $prefix =="
   profile=$([ "$prefix" = on ] && echo --profile || true)
-  python benchmarks/rollout.py --backend vllm --model "$WORK/tiny" --work "$WORK" --out "$OUT" \
+  "$PY" benchmarks/rollout.py --backend vllm --model "$WORK/tiny" --work "$WORK" --out "$OUT" \
     --dialogues 64 256 --repeats 3 --prefix-caching "$prefix" $profile "${@:2}" 2>&1 | tee "$OUT/rollout_prefix_$prefix.log"
 done
 if [ -n "${BASELINE_TREE:-}" ]; then
   echo "== baseline: $BASELINE_TREE, prefix caching on =="
-  (cd "$BASELINE_TREE" && PYTHONPATH="$BASELINE_TREE:${PYTHONPATH:-}" python benchmarks/rollout.py --backend vllm \
+  (cd "$BASELINE_TREE" && PYTHONPATH="$BASELINE_TREE:${PYTHONPATH:-}" "$PY" benchmarks/rollout.py --backend vllm \
     --model "$WORK/tiny" --work "$WORK" --out "$OUT/baseline" --dialogues 64 256 --prefix-caching on) 2>&1 \
     | tee "$OUT/baseline.log"
 fi

@@ -9,6 +9,7 @@
 # STAGE=prepare (model, data, SFT) or STAGE=train (GRPO, summary) runs half of it, sharing WORK
 # (default /tmp/svr1_smoke), so each half fits a time-limited call; the default runs both.
 set -euo pipefail
+PY=${PYTHON:-python3}
 OUT=$(mkdir -p "${1:?usage: grpo_smoke.sh OUT_DIR [ANNOTATIONS_DIR]}" && cd "$1" && pwd)
 shift
 ANNOTATIONS=${1:-}
@@ -25,13 +26,13 @@ STAGE=${STAGE:-all}
 DIALOGUE='{"initial_frames": 4, "max_frames_per_request": 4, "max_total_frames": 12, "max_turns": 3}'
 
 if [ "$STAGE" != train ]; then
-python -m sparse_video_r1.tiny_model "$WORK/tiny"
-python -m sparse_video_r1.synthetic_nextqa --annotations "$ANNOTATIONS" --out "$WORK/raw" \
+"$PY" -m sparse_video_r1.synthetic.tiny_model "$WORK/tiny"
+"$PY" -m sparse_video_r1.synthetic.nextqa --annotations "$ANNOTATIONS" --out "$WORK/raw" \
   --split train=val.csv --split val=test.csv --videos "${VIDEOS:-24}"
-python dataset/NExT_QA.py --raw "$WORK/raw" --out "$WORK/data" --splits train val
-python -m sparse_video_r1.sft --dialogue "$DIALOGUE" make-traces --data "$WORK/data/train.parquet" \
+"$PY" dataset/NExT_QA.py --raw "$WORK/raw" --out "$WORK/data" --splits train val
+"$PY" -m sparse_video_r1.training.sft --dialogue "$DIALOGUE" make-traces --data "$WORK/data/train.parquet" \
   --out "$WORK/traces.jsonl"
-python -m sparse_video_r1.sft --dialogue "$DIALOGUE" train --model "$WORK/tiny" --traces "$WORK/traces.jsonl" \
+"$PY" -m sparse_video_r1.training.sft --dialogue "$DIALOGUE" train --model "$WORK/tiny" --traces "$WORK/traces.jsonl" \
   --out "$WORK/sft" --epochs "$SFT_EPOCHS" --lr 1e-3 --grad-accumulation 1 --dtype float32 2>&1 | tee "$OUT/sft.log"
 cp "$WORK/sft/sft_metrics.json" "$OUT/"
 fi
@@ -66,7 +67,7 @@ overrides=(
   "sparse_video.max_turns=3"
   "sparse_video.max_tokens_per_turn=96"
   "trainer.use_v1=False"
-  "+actor_rollout_ref.rollout.agent.agent_loop_manager_class=sparse_video_r1.verl_metrics.DialogueMetricsAgentLoopManager"
+  "+actor_rollout_ref.rollout.agent.agent_loop_manager_class=sparse_video_r1.training.verl_metrics.DialogueMetricsAgentLoopManager"
   "trainer.n_gpus_per_node=1"
   "trainer.nnodes=1"
   "trainer.total_training_steps=$STEPS"
@@ -78,8 +79,8 @@ overrides=(
   "trainer.project_name=sparse_video_r1"
   "trainer.experiment_name=grpo_smoke"
 )
-COMMAND="python -m verl.trainer.main_ppo --config-path=$PWD/configs --config-name=sparse_video_grpo ${overrides[*]} $*"
+COMMAND="$PY -m verl.trainer.main_ppo --config-path=$PWD/configs --config-name=sparse_video_grpo ${overrides[*]} $*"
 echo "$COMMAND" > "$OUT/command.txt"
-VERL_FILE_LOGGER_PATH="$OUT/metrics.jsonl" python -m verl.trainer.main_ppo --config-path="$PWD/configs" \
+VERL_FILE_LOGGER_PATH="$OUT/metrics.jsonl" "$PY" -m verl.trainer.main_ppo --config-path="$PWD/configs" \
   --config-name=sparse_video_grpo "${overrides[@]}" "$@" 2>&1 | tee "$OUT/grpo.log"
-python scripts/summarize_grpo_run.py --run "$OUT" --out "$OUT/summary.json"
+"$PY" scripts/summarize_grpo_run.py --run "$OUT" --out "$OUT/summary.json"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Proof of learning on ONE GPU: does GRPO teach the tiny Qwen2.5-VL *where to look*? Needle task
-# (sparse_video_r1/needle.py), SFT cold start on uninformed traces, then two GRPO runs that differ only in
+# (sparse_video_r1/synthetic/needle.py), SFT cold start on uninformed traces, then two GRPO runs that differ only in
 # sparse_video.loss_on: `main` (all_turns) and `ablation` (last_turn: request turns get no gradient).
 #
 #   STAGE=prepare,train DEADLINE_S=570 bash scripts/gpu/needle_grpo.sh OUT_DIR [extra hydra overrides...]
@@ -15,7 +15,7 @@
 #             Each vLLM engine has a fixed KV cache (kv_cache_memory_bytes: skips vLLM's memory profiling,
 #             which fails when another process on the GPU frees memory meanwhile).
 #   main, ablation   one run alone (the fallback if two at once do not fit).
-#   report    held-out evaluation (python -m sparse_video_r1.evaluate, vLLM, greedy) of the SFT model
+#   report    held-out evaluation (python -m sparse_video_r1.tools.evaluate, vLLM, greedy) of the SFT model
 #             (adaptive and uniform 4/8/16/32) and of both RL models (adaptive), then the table.
 # Every call ends by writing the curves of what the runs have done so far (OUT_DIR/needle_curves.{png,json}),
 # OUT_DIR/needle_runs.tgz (logs, metrics, dumps, evaluations) and OUT_DIR/needle_models.tgz (HF models).
@@ -36,7 +36,7 @@
 # Knobs: STEPS (150), DEADLINE_S (570), PACK_S (40), SAVE_EVERY (10), VAL_EVERY (0: held-out accuracy comes
 # from the report stage), START_S (480), STALL_S (150), POLL_S (10) and MAX_RESTARTS (3) for the watchdog,
 # BATCH (8 questions per step), N (8 rollouts each), MINI_BATCH (8 questions per update: one update per step), LR (3e-4), GPU_UTIL (0.25 per run),
-# PROXIMITY (0.5: the weight of sparse_video_r1.needle's shaping term for where a dialogue looked; 0 = accuracy alone),
+# PROXIMITY (0.5: the weight of sparse_video_r1.synthetic.needle's shaping term for where a dialogue looked; 0 = accuracy alone),
 # KV_CACHE_GB (4 per run), TRAIN (512), VAL (128), TRACES (1 per train video),
 # READING (256 cold-start videos whose opening frames show the card), SFT_EPOCHS (6), SFT_LR (3e-4), SEED (0).
 # The SFT defaults come from the CPU sweep in docs/results/needle/cold_start_cpu.md: 3 epochs at 1e-3 read a
@@ -46,6 +46,7 @@
 # kernel launches per micro-batch, not by tokens, so this shortens a step and buys more steps in the device time.
 # PRINT_OVERRIDES=1 prints the `main` run's hydra overrides, one per line, and exits (the tests compose them).
 set -euo pipefail
+PY=${PYTHON:-python3}
 STARTED=$(date +%s)
 OUT=$(mkdir -p "${1:?usage: needle_grpo.sh OUT_DIR [hydra overrides...]}" && cd "$1" && pwd)
 shift
@@ -111,11 +112,11 @@ overrides() {  # overrides RUN_NAME LOSS_ON
     "actor_rollout_ref.rollout.agent.agent_loop_config_path=$ROOT/configs/agent_loops.yaml" \
     "${DIALOGUE_OVERRIDES[@]}" \
     "sparse_video.loss_on=$2" \
-    "reward.custom_reward_function.path=pkg://sparse_video_r1.needle" \
+    "reward.custom_reward_function.path=pkg://sparse_video_r1.synthetic.needle" \
     "++reward.custom_reward_function.reward_kwargs.proximity_weight=$PROXIMITY" \
     "+ray_kwargs.ray_init.address=local" \
     "trainer.use_v1=False" \
-    "+actor_rollout_ref.rollout.agent.agent_loop_manager_class=sparse_video_r1.verl_metrics.DialogueMetricsAgentLoopManager" \
+    "+actor_rollout_ref.rollout.agent.agent_loop_manager_class=sparse_video_r1.training.verl_metrics.DialogueMetricsAgentLoopManager" \
     "trainer.n_gpus_per_node=1" \
     "trainer.nnodes=1" \
     "trainer.total_epochs=1000" \
@@ -172,12 +173,12 @@ grpo_once() {  # one verl process, until it ends, meets the deadline, or stalls 
     log "$name: only ${budget}s before the deadline, not starting"
     return 0
   fi
-  echo "python -m verl.trainer.main_ppo --config-path=$ROOT/configs --config-name=sparse_video_grpo ${args[*]} $*" \
+  echo "$PY -m verl.trainer.main_ppo --config-path=$ROOT/configs --config-name=sparse_video_grpo ${args[*]} $*" \
     > "$run/command.txt"
   log "$name: starting (loss_on=$loss_on, at most ${budget}s; log $run/grpo_$part.log)"
   # timeout puts the run in its own process group and signals all of it (Ray and vLLM processes included).
   MLP_CURRENT_CAPACITY_BLOCK_EXPIRATION_TIMESTAMP=$deadline VERL_FILE_LOGGER_PATH=$metrics \
-    timeout -s TERM -k 20 "$budget" python -m verl.trainer.main_ppo --config-path="$ROOT/configs" \
+    timeout -s TERM -k 20 "$budget" "$PY" -m verl.trainer.main_ppo --config-path="$ROOT/configs" \
     --config-name=sparse_video_grpo "${args[@]}" "$@" > "$run/grpo_$part.log" 2>&1 &
   pid=$!
   # Watchdog: verl logs a metrics line per step. None for START_S after the start, or for STALL_S after the
@@ -218,23 +219,23 @@ export_hf_model() {  # export_hf_model RUN_NAME: the latest checkpoint's HF mode
 }
 
 curves() {
-  python scripts/plot_needle_curves.py --run "main=$WORK/runs/main" --run "ablation=$WORK/runs/ablation" \
+  "$PY" scripts/plot_needle_curves.py --run "main=$WORK/runs/main" --run "ablation=$WORK/runs/ablation" \
     --out "$OUT" || log "plotting failed"
 }
 
 if has_stage prepare; then
   rm -rf "$WORK"
   mkdir -p "$WORK/runs"
-  python -m sparse_video_r1.tiny_model "$WORK/tiny"
+  "$PY" -m sparse_video_r1.synthetic.tiny_model "$WORK/tiny"
   log "generating needle videos"
-  python -m sparse_video_r1.needle --out "$WORK/data" --train "${TRAIN:-512}" --val "${VAL:-128}" --seed "$SEED" \
+  "$PY" -m sparse_video_r1.synthetic.needle --out "$WORK/data" --train "${TRAIN:-512}" --val "${VAL:-128}" --seed "$SEED" \
     --traces "${TRACES:-1}" --reading "${READING:-256}" --dialogue "$DIALOGUE" > "$WORK/needle_data.json"
   log "SFT cold start"
-  python -m sparse_video_r1.sft --dialogue "$DIALOGUE" train --model "$WORK/tiny" --traces "$WORK/data/traces.jsonl" \
+  "$PY" -m sparse_video_r1.training.sft --dialogue "$DIALOGUE" train --model "$WORK/tiny" --traces "$WORK/data/traces.jsonl" \
     --out "$WORK/sft" --epochs "${SFT_EPOCHS:-6}" --lr "${SFT_LR:-3e-4}" --seed "$SEED" --dtype float32 \
     > "$WORK/sft.log" 2>&1
   cp "$WORK/sft/sft_metrics.json" "$OUT/"
-  log "SFT done: $(python -c 'import json, sys; m = json.load(open(sys.argv[1])); print({k: m[k] for k in ("examples", "first_epoch_loss", "last_epoch_loss", "seconds")})' "$WORK/sft/sft_metrics.json")"
+  log "SFT done: $("$PY" -c 'import json, sys; m = json.load(open(sys.argv[1])); print({k: m[k] for k in ("examples", "first_epoch_loss", "last_epoch_loss", "seconds")})' "$WORK/sft/sft_metrics.json")"
 fi
 [ -d "$WORK/sft" ] || { echo "no $WORK/sft: run STAGE=prepare first (the device machine was replaced?)" >&2; exit 1; }
 if has_stage train; then
@@ -251,7 +252,7 @@ if has_stage report; then
     shift 2
     if [ ! -d "$model" ]; then log "eval $name: no model at $model"; return 0; fi
     log "eval $name: $model"
-    timeout -k 10 "$((DEADLINE - $(date +%s)))" python -m sparse_video_r1.evaluate --model "$model" \
+    timeout -k 10 "$((DEADLINE - $(date +%s)))" "$PY" -m sparse_video_r1.tools.evaluate --model "$model" \
       --data "$WORK/data/val.parquet" --out "$WORK/eval/$name" --backend vllm --enforce-eager \
       --gpu-memory-utilization "$GPU_UTIL" --vllm-kwargs "{\"kv_cache_memory_bytes\": $((KV_CACHE_GB << 30))}" \
       "${EVAL_DIALOGUE[@]}" "$@" > "$WORK/eval/$name.log" 2>&1 \
@@ -264,7 +265,7 @@ if has_stage report; then
   evaluate ablation "$WORK/runs/ablation/hf_model" --uniform 4 &
   wait
   curves
-  python scripts/plot_needle_curves.py --val "$WORK/data/val.parquet" --out "$OUT" \
+  "$PY" scripts/plot_needle_curves.py --val "$WORK/data/val.parquet" --out "$OUT" \
     --eval "sft=$WORK/eval/sft" --eval "main=$WORK/eval/main" --eval "ablation=$WORK/eval/ablation" \
     || log "table failed"
 fi

@@ -12,6 +12,7 @@
 # foreground train stage of CALL_S seconds that resumes from the last checkpoint.
 # Knobs: TRAIN_S (1330), WAIT_S (585), CALL_S (570), REPORT_S (200); needle_grpo.sh's knobs pass through.
 set -uo pipefail
+PY=${PYTHON:-python3}
 PHASE=${1:?usage: needle_session.sh start|wait|report OUT_DIR}
 OUT=$(mkdir -p "${2:?usage: needle_session.sh start|wait|report OUT_DIR}" && cd "$2" && pwd)
 REPO=/tmp/svr1_repo
@@ -20,7 +21,7 @@ export PYTHONPATH=/tmp/site:$REPO VLLM_USE_FLASHINFER_SAMPLER=0
 TRAIN_OUT=$WORK/train_out
 
 curves() {  # the curves so far, and the stacks of any stall (they come back even if a later call fails)
-  (cd "$REPO" && python scripts/plot_needle_curves.py --run "main=$WORK/runs/main" \
+  (cd "$REPO" && "$PY" scripts/plot_needle_curves.py --run "main=$WORK/runs/main" \
     --run "ablation=$WORK/runs/ablation" --out "$OUT") || echo "plotting failed"
   for stall in "$WORK"/runs/*/stall_*.txt; do
     [ -f "$stall" ] && cp "$stall" "$OUT/$(basename "$(dirname "$stall")")_$(basename "$stall")"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The users' path at the users' size on ONE GPU: a random Qwen2.5-VL with the published 3B (or 7B) dimensions,
 # a NExT-QA-shaped set (real annotation rows, generated 640x480 videos), a format cold start with
-# sparse_video_r1.sft, then `sh train.sh` itself (verl's default v1 trainer, the template's dialogue,
+# sparse_video_r1.training.sft, then `sh train.sh` itself (verl's default v1 trainer, the template's dialogue,
 # micro-batches and sequence limits), changing only what a one-GPU host without flash-attn needs.
 #
 #   bash scripts/gpu/train_realsize.sh OUT_DIR ANNOTATIONS_DIR [extra hydra overrides...]
@@ -36,21 +36,21 @@ cd "$ROOT"
 stage() { case " $STAGES " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 
 if stage build; then
-  "$PY" -m sparse_video_r1.tiny_model "$WORK/model" --shape "$SHAPE" --device "$DEVICE" 2>&1 | tee "$OUT/build.log"
+  "$PY" -m sparse_video_r1.synthetic.tiny_model "$WORK/model" --shape "$SHAPE" --device "$DEVICE" 2>&1 | tee "$OUT/build.log"
 fi
 if stage data; then
-  "$PY" -m sparse_video_r1.synthetic_nextqa --annotations "$ANNOTATIONS" --out "$WORK/raw" \
+  "$PY" -m sparse_video_r1.synthetic.nextqa --annotations "$ANNOTATIONS" --out "$WORK/raw" \
     --split train=val.csv --split val=test.csv --videos "$VIDEOS" --width 640 --height 480
   # The preprocessing train.sh runs when the parquet files are missing; the cold start needs them first.
   "$PY" dataset/NExT_QA.py --raw "$WORK/raw" --out "$WORK/data" --splits train val
-  "$PY" -m sparse_video_r1.sft make-traces --data "$WORK/data/train.parquet" --out "$WORK/traces.jsonl"
+  "$PY" -m sparse_video_r1.training.sft make-traces --data "$WORK/data/train.parquet" --out "$WORK/traces.jsonl"
 fi
 if stage sft; then
   # Float32 weights and AdamW states with bfloat16 compute: exact updates for a model learning from random
   # (16 bytes a parameter: 60 GiB at 3B). SFT_PRECISION=bfloat16 keeps 8 (a 7B's 62 GiB fits one GPU).
   if [ "${SFT_PRECISION:-mixed}" = bfloat16 ]; then precision=(--dtype bfloat16); else
     precision=(--dtype float32 --autocast bfloat16); fi
-  "$PY" -m sparse_video_r1.sft train --model "$WORK/model" --traces "$WORK/traces.jsonl" --out "$WORK/sft" \
+  "$PY" -m sparse_video_r1.training.sft train --model "$WORK/model" --traces "$WORK/traces.jsonl" --out "$WORK/sft" \
     --device "$DEVICE" --epochs "$SFT_EPOCHS" --lr "$SFT_LR" "${precision[@]}" \
     --warmup-steps 20 --max-grad-norm 1.0 --gradient-checkpointing 2>&1 | tee "$OUT/sft.log"
   cp "$WORK/sft/sft_metrics.json" "$OUT/"

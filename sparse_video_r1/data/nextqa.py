@@ -30,6 +30,9 @@ QUESTION_GROUPS = {
     "DC": "Descriptive",
     "DO": "Descriptive",
 }
+#: The groups in the order reports list them; types of other datasets fall under :data:`OTHER_GROUP`.
+GROUP_ORDER = ("Causal", "Temporal", "Descriptive")
+OTHER_GROUP = "Other"
 
 SOURCE = "nextqa"
 SPLITS = ("train", "val", "test")
@@ -37,6 +40,12 @@ MAP_NAME = "map_vid_vidorID.json"
 VIDEO_DIR = "NExTVideo"
 OPTION_COLUMNS = ("a0", "a1", "a2", "a3", "a4")
 REQUIRED_COLUMNS = ("video", "question", "answer", "qid", "type", *OPTION_COLUMNS)
+
+
+def question_group(question_type: str | None) -> str:
+    """NExT-QA's reporting group of a type code; types of other datasets fall under ``Other``."""
+    return QUESTION_GROUPS.get(question_type or "", OTHER_GROUP)
+
 
 _ANSWER = re.compile(r"[0-4]")
 

@@ -18,8 +18,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sparse_video_r1.config import AGENT_NAME
-from sparse_video_r1.protocol import question_text
+from sparse_video_r1.env.config import AGENT_NAME
+from sparse_video_r1.env.protocol import question_text
 
 #: Answer letters by option index; at most five options, as in NExT-QA.
 LETTERS = "ABCDE"

@@ -1,6 +1,6 @@
 """Probe videos the way a rollout will read them, so unreadable ones are found before training, not at step 3,000.
 
-A probe opens the file with the same :class:`~sparse_video_r1.frames.FrameSampler` the agent loop uses and
+A probe opens the file with the same :class:`~sparse_video_r1.env.frames.FrameSampler` the agent loop uses and
 decodes its first, middle and last frames: that catches missing streams, broken indexes, truncated tails and
 undecodable GOPs at either end. A failure is named by the sampler's ``VideoError`` reason slug (``missing``,
 ``unreadable``, ``empty``, ``decode_failed``, ``decode_timeout``); anything else the sampler raises is a bug
@@ -14,8 +14,8 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from sparse_video_r1.config import DialogueConfig
-from sparse_video_r1.frames import FrameSampler, VideoError
+from sparse_video_r1.env.config import DialogueConfig
+from sparse_video_r1.env.frames import FrameSampler, VideoError
 
 logger = logging.getLogger(__name__)
 

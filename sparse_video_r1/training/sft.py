@@ -4,7 +4,7 @@ A randomly initialised or base model never writes a valid ``<frames>`` request, 
 multi-turn sample. A short SFT pass on traces that follow the protocol fixes that. Real users can cold-start
 a real model from their own traces with the same entry point.
 
-Each trace is replayed through :class:`~sparse_video_r1.dialogue.Episode` with the real frame sampler, so
+Each trace is replayed through :class:`~sparse_video_r1.env.dialogue.Episode` with the real frame sampler, so
 every assistant turn is trained on exactly the frames the environment would show it during RL. Loss is on
 assistant tokens only (their text and end-of-turn token).
 
@@ -17,7 +17,7 @@ Trace format, one JSON object per line::
     {"extra_info": {"video_path": ..., "question": ..., "options": [...], "answer": "B", ...},
      "turns": ["<think>…</think><frames>3.0, 9.5</frames>", "<think>…</think><answer>B</answer>"]}
 
-An optional ``"dialogue"`` object overrides :class:`~sparse_video_r1.config.DialogueConfig` fields for that
+An optional ``"dialogue"`` object overrides :class:`~sparse_video_r1.env.config.DialogueConfig` fields for that
 trace alone. The synthetic traces use it to mix in single-turn uniform-frame dialogues
 (``{"initial_frames": 8, "max_total_frames": 8, "max_turns": 1}``), the prompt the evaluation's
 ``uniform_N`` baselines show: a model cold-started on adaptive dialogues only has never seen that prompt,
@@ -25,8 +25,8 @@ and its baselines would measure the prompt shift rather than the frames.
 
 CLI::
 
-    python -m sparse_video_r1.sft make-traces --data DATA_DIR/train.parquet --out traces.jsonl
-    python -m sparse_video_r1.sft train --model MODEL --traces traces.jsonl --out CKPT_DIR
+    python -m sparse_video_r1.training.sft make-traces --data DATA_DIR/train.parquet --out traces.jsonl
+    python -m sparse_video_r1.training.sft train --model MODEL --traces traces.jsonl --out CKPT_DIR
 """
 
 from __future__ import annotations
@@ -43,10 +43,10 @@ from typing import Any
 
 import torch
 
-from sparse_video_r1 import protocol
-from sparse_video_r1.config import DialogueConfig, from_mapping, uniform_baseline_fields
-from sparse_video_r1.dialogue import Episode, VideoQA
-from sparse_video_r1.frames import FrameSampler
+from sparse_video_r1.env import protocol
+from sparse_video_r1.env.config import DialogueConfig, from_mapping, uniform_baseline_fields
+from sparse_video_r1.env.dialogue import Episode, VideoQA
+from sparse_video_r1.env.frames import FrameSampler
 
 logger = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 verl's own step metrics say how long responses were and what they scored, not how a dialogue went. The
 numbers that do exist per sample (the agent loop's ``extra_fields``, the reward's extra keys, the row's
 ``extra_info``) are reduced here to the scalars a tracker can plot. This module knows nothing of verl's
-trainers: :mod:`sparse_video_r1.verl_metrics` hands it one :func:`dialogue_record` per trajectory from
+trainers: :mod:`sparse_video_r1.training.verl_metrics` hands it one :func:`dialogue_record` per trajectory from
 whichever trainer runs, and the tests and the curves tool call it directly.
 """
 
@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from sparse_video_r1.dialogue import StopReason
-from sparse_video_r1.eval_report import GROUP_ORDER, question_group
+from sparse_video_r1.data.nextqa import GROUP_ORDER, question_group
+from sparse_video_r1.env.dialogue import StopReason
 
 #: Every metric name starts with this prefix (``dialogue/frames_shown/mean``...).
 PREFIX = "dialogue"

@@ -42,8 +42,8 @@ request, two requests), so hitting reliably requires reading the cue. Uniform sa
 to hit a 2-s card: :func:`uniform_hit_rate` gives the share of videos a given number of uniform frames
 hits, i.e. the accuracy bound of a perfect reader of uniform frames.
 
-Reward (``reward.custom_reward_function.path=pkg://sparse_video_r1.needle``): :func:`compute_score` is the
-standard :func:`sparse_video_r1.reward.compute_score` plus ``needle_distance``, ``hit_needle`` and
+Reward (``reward.custom_reward_function.path=pkg://sparse_video_r1.synthetic.needle``): :func:`compute_score` is the
+standard :func:`sparse_video_r1.training.reward.compute_score` plus ``needle_distance``, ``hit_needle`` and
 ``proximity`` for logging. ``proximity_weight`` (a reward kwarg, default 0) adds ``proximity`` to the score: a
 shaping term that grades *where* a dialogue looked, ``exp(-distance / SLOT_SECONDS)`` for its closest
 request (1 on the card, 0.37 one slot away, 0 without a request). With accuracy alone, a request earns
@@ -53,7 +53,7 @@ a synthetic task knows: a documented variant of the experiment, never the defaul
 
 CLI::
 
-    python -m sparse_video_r1.needle --out DIR --train 512 --val 128 --seed 0 [--traces 2]
+    python -m sparse_video_r1.synthetic.needle --out DIR --train 512 --val 128 --seed 0 [--traces 2]
 """
 
 from __future__ import annotations
@@ -73,13 +73,14 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from sparse_video_r1 import protocol, reward
-from sparse_video_r1.config import DialogueConfig, from_mapping, uniform_baseline_fields
 from sparse_video_r1.data.records import VideoQARecord, to_verl_row, write_parquet
-from sparse_video_r1.dialogue import ENVIRONMENT_FAILURES, Episode, VideoQA
-from sparse_video_r1.frames import FrameSampler, VideoInfo, frame_index, uniform_timestamps
-from sparse_video_r1.protocol import OPTION_LETTERS
-from sparse_video_r1.synthetic import write_video
+from sparse_video_r1.env import protocol
+from sparse_video_r1.env.config import DialogueConfig, from_mapping, uniform_baseline_fields
+from sparse_video_r1.env.dialogue import ENVIRONMENT_FAILURES, Episode, VideoQA
+from sparse_video_r1.env.frames import FrameSampler, VideoInfo, frame_index, uniform_timestamps
+from sparse_video_r1.env.protocol import OPTION_LETTERS
+from sparse_video_r1.synthetic.videos import write_video
+from sparse_video_r1.training import reward
 
 logger = logging.getLogger(__name__)
 
@@ -327,7 +328,7 @@ def compute_score(
     ``hit_needle``: 1.0 when a shown frame (the loop's ``shown_timestamps``) shows the card; ``proximity``: the
     shaping term (module docstring), never added to the score of a sample the environment failed (its
     ``failure_score`` stands). verl merges those loop fields into ``extra_info`` at top level (see
-    :mod:`sparse_video_r1.reward`).
+    :mod:`sparse_video_r1.training.reward`).
     """
     weight = float(reward_kwargs.pop("proximity_weight", 0.0))
     scores = reward.compute_score(data_source, solution_str, ground_truth, extra_info, **reward_kwargs)
@@ -406,13 +407,13 @@ def needle_traces(
 
     Each trace requests random slot centres (1 to ``max_requests`` requests, each of 1 to
     ``max_frames_per_request`` frames; another request only while the card has not been seen), played
-    through a real :class:`~sparse_video_r1.dialogue.Episode` to learn what it shows, then answers the
+    through a real :class:`~sparse_video_r1.env.dialogue.Episode` to learn what it shows, then answers the
     card's colour if a shown frame showed it and a random colour otherwise; a trace whose opening frames
     already show the card (a reading video, :func:`draw_video` with ``hidden=False``) answers at once. The
     cold start thus teaches the format and reading the card, never where to look: that is left to RL.
     ``card_seen`` records which traces saw the card (``sft`` ignores it). A share ``uniform_share`` of the
     traces are single-turn uniform-frame dialogues instead (N from ``uniform_frames``, the evaluation's
-    ``uniform_N`` prompt, see :mod:`sparse_video_r1.sft`), answered the same way, so those baselines measure
+    ``uniform_N`` prompt, see :mod:`sparse_video_r1.training.sft`), answered the same way, so those baselines measure
     what their frames show rather than a prompt the model never saw.
 
     ``informed=True`` makes every trace's one request go straight to the card: supervised on those, the

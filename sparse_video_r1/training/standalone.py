@@ -25,8 +25,8 @@ from verl.experimental.agent_loop.agent_loop import (
 from verl.utils.dataset.rl_dataset import RLHFDataset
 from verl.utils.tokenizer import hf_processor, hf_tokenizer
 
-from sparse_video_r1.agent_loop import SparseVideoAgentLoop
-from sparse_video_r1.config import DialogueConfig
+from sparse_video_r1.env.config import DialogueConfig
+from sparse_video_r1.training.agent_loop import SparseVideoAgentLoop
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 It knows nothing of tokens or models. The verl agent loop (training), evaluation and the demo all drive
 the same :class:`Episode`, so the dialogue has exactly one implementation.
 
-Outcomes of a model turn (the parser's own cases are documented in :mod:`sparse_video_r1.protocol`), and of
+Outcomes of a model turn (the parser's own cases are documented in :mod:`sparse_video_r1.env.protocol`), and of
 the faults the environment meets while serving it. Every row ends the dialogue with a ``stop_reason`` or is
 counted in a field of :meth:`Episode.summary` (verl's ``extra_fields``, the reward's ``extra_info``):
 
@@ -49,9 +49,9 @@ from typing import Any
 
 from PIL import Image
 
-from sparse_video_r1 import protocol
-from sparse_video_r1.config import DialogueConfig
-from sparse_video_r1.frames import (
+from sparse_video_r1.env import protocol
+from sparse_video_r1.env.config import DialogueConfig
+from sparse_video_r1.env.frames import (
     DecodeTimeoutError,
     FrameSampler,
     TimedFrame,
@@ -254,7 +254,7 @@ class Episode:
     def fail(self, error: Exception) -> None:
         """End the dialogue because serving it raised ``error``, keeping its name for the metrics.
 
-        A :class:`~sparse_video_r1.frames.VideoError` gives its reason slug (``missing``, ``unreadable``,
+        A :class:`~sparse_video_r1.env.frames.VideoError` gives its reason slug (``missing``, ``unreadable``,
         ``decode_failed``, ...); anything else is a fault nobody named yet, so its class is what there is.
         """
         if isinstance(error, VideoError):

@@ -1,6 +1,6 @@
 """A training run's first-look curves as one PNG, from what verl's tracker wrote.
 
-    python -m sparse_video_r1.curves RUN_DIR [--out RUN_DIR/curves.png] [--smooth 10]
+    python -m sparse_video_r1.tools.curves RUN_DIR [--out RUN_DIR/curves.png] [--smooth 10]
 
 Reads TensorBoard event files (``trainer.logger`` with ``tensorboard``) or verl's file logger's JSON lines
 (``file``: ``{"step": N, "data": {...}}`` per line) found under ``RUN_DIR``, and draws reward, accuracy (with the
@@ -22,9 +22,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from sparse_video_r1.dialogue import StopReason
-from sparse_video_r1.dialogue_metrics import PREFIX
-from sparse_video_r1.eval_report import GROUP_ORDER
+from sparse_video_r1.data.nextqa import GROUP_ORDER
+from sparse_video_r1.env.dialogue import StopReason
+from sparse_video_r1.training.dialogue_metrics import PREFIX
 
 logger = logging.getLogger(__name__)
 

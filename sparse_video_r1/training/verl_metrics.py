@@ -14,8 +14,8 @@ trainer has one documented hook whose return value it merges into the step's met
   ``timing`` dict of ``generate_sequences``' output into the metrics it logs under ``timing_s/`` (verl's own
   ``agent_loop/…`` figures travel the same way), so the names are ``timing_s/dialogue/…``.
 
-Both also write the step's dialogue records (:mod:`sparse_video_r1.rollout_dump`) when
-``trainer.rollout_data_dir`` is set, for ``python -m sparse_video_r1.viewer rollouts``.
+Both also write the step's dialogue records (:mod:`sparse_video_r1.training.rollout_dump`) when
+``trainer.rollout_data_dir`` is set, for ``python -m sparse_video_r1.tools.viewer rollouts``.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ from verl.experimental.agent_loop.agent_loop import AgentLoopManager
 from verl.trainer.ppo.v1.replay_buffer import ReplayBuffer, ReplayBufferAsync
 from verl.utils.tokenizer import hf_tokenizer
 
-from sparse_video_r1 import rollout_dump
-from sparse_video_r1.dialogue_metrics import dialogue_metrics, dialogue_record
+from sparse_video_r1.training import rollout_dump
+from sparse_video_r1.training.dialogue_metrics import dialogue_metrics, dialogue_record
 
 logger = logging.getLogger(__name__)
 
@@ -149,7 +149,7 @@ def dialogue_metrics_replay_buffer(
 class DialogueMetricsAgentLoopManager(AgentLoopManager):
     """verl's agent-loop manager for the legacy trainer, adding ``timing_s/dialogue/…`` metrics to training steps.
 
-    Set ``actor_rollout_ref.rollout.agent.agent_loop_manager_class=sparse_video_r1.verl_metrics.
+    Set ``actor_rollout_ref.rollout.agent.agent_loop_manager_class=sparse_video_r1.training.verl_metrics.
     DialogueMetricsAgentLoopManager`` with ``trainer.use_v1=False`` only: the v1 trainer reads the same key for
     its own TransferQueue manager.
     """

@@ -3,12 +3,12 @@
 No NExT-QA video can reach the test and GPU machines, but its annotations can. This lays out a release
 exactly as ``dataset/NExT_QA.py`` expects it (``map_vid_vidorID.json``, ``nextqa/<split>.csv``,
 ``NExTVideo/<dir>/<id>.mp4``), copying real CSV rows and writing an index video
-(:func:`~sparse_video_r1.synthetic.write_index_video`) for each of their videos, with the real video's
+(:func:`~sparse_video_r1.synthetic.videos.write_index_video`) for each of their videos, with the real video's
 duration (capped) at a low frame rate so it is quick to write.
 
 CLI::
 
-    python -m sparse_video_r1.synthetic_nextqa --annotations ../shared/nextqa --out ROW_DATA \\
+    python -m sparse_video_r1.synthetic.nextqa --annotations ../shared/nextqa --out ROW_DATA \\
         --split train=val.csv --split val=test.csv --videos 24
 """
 
@@ -21,7 +21,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from sparse_video_r1.synthetic import write_index_video
+from sparse_video_r1.synthetic.videos import write_index_video
 
 logger = logging.getLogger(__name__)
 

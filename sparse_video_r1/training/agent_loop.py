@@ -5,9 +5,9 @@ the frames shown before it; the environment's turns (frames and notes) get ``res
 never re-templated: verl's Continuous Token helpers append each turn to the running ids, as verl's
 ``ToolAgentLoop`` does for images returned by tools.
 
-Registered for verl through ``configs/agent_loops.yaml`` (``_target_: sparse_video_r1.agent_loop.
-SparseVideoAgentLoop``) under :data:`~sparse_video_r1.config.AGENT_NAME`; the dialogue settings come from
-the trainer config key ``sparse_video`` (see :class:`~sparse_video_r1.config.DialogueConfig`).
+Registered for verl through ``configs/agent_loops.yaml`` (``_target_: sparse_video_r1.training.agent_loop.
+SparseVideoAgentLoop``) under :data:`~sparse_video_r1.env.config.AGENT_NAME`; the dialogue settings come from
+the trainer config key ``sparse_video`` (see :class:`~sparse_video_r1.env.config.DialogueConfig`).
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ from uuid import uuid4
 from PIL import Image
 from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopMetrics, AgentLoopOutput
 
-from sparse_video_r1.config import DialogueConfig, from_mapping
-from sparse_video_r1.dialogue import Episode, Observation, StopReason, VideoQA
-from sparse_video_r1.frames import FrameSampler, TimedFrame, VideoError
+from sparse_video_r1.env.config import DialogueConfig, from_mapping
+from sparse_video_r1.env.dialogue import Episode, Observation, StopReason, VideoQA
+from sparse_video_r1.env.frames import FrameSampler, TimedFrame, VideoError
 
 logger = logging.getLogger(__name__)
 

@@ -4,11 +4,11 @@ Numbers say how often the model asked for frames; only reading dialogues shows *
 whether they could help. The page is one self-contained file (frames inlined as base64 JPEG thumbnails, no
 scripts, no server), so it can be copied off a GPU host and opened anywhere.
 
-Turns come from :func:`sparse_video_r1.standalone.split_turns`; the frames of each environment turn are its
+Turns come from :func:`sparse_video_r1.training.standalone.split_turns`; the frames of each environment turn are its
 image-pad runs, matched in order to ``multi_modal_data["images"]`` and ``shown_timestamps``.
 
-Training rollouts: ``python -m sparse_video_r1.viewer rollouts ROLLOUT_DATA_DIR [--step N]`` renders one step's
-dialogue records (:mod:`sparse_video_r1.rollout_dump`), decoding the shown frames again from the videos.
+Training rollouts: ``python -m sparse_video_r1.tools.viewer rollouts ROLLOUT_DATA_DIR [--step N]`` renders one step's
+dialogue records (:mod:`sparse_video_r1.training.rollout_dump`), decoding the shown frames again from the videos.
 """
 
 from __future__ import annotations
@@ -27,11 +27,11 @@ from typing import Any
 from PIL import Image
 from verl.experimental.agent_loop.agent_loop import AgentLoopOutput
 
-from sparse_video_r1 import rollout_dump
-from sparse_video_r1.config import DialogueConfig
-from sparse_video_r1.frames import FrameSampler, VideoError, frame_index
-from sparse_video_r1.protocol import OPTION_LETTERS, format_timestamp
-from sparse_video_r1.standalone import image_runs, split_turns
+from sparse_video_r1.env.config import DialogueConfig
+from sparse_video_r1.env.frames import FrameSampler, VideoError, frame_index
+from sparse_video_r1.env.protocol import OPTION_LETTERS, format_timestamp
+from sparse_video_r1.training import rollout_dump
+from sparse_video_r1.training.standalone import image_runs, split_turns
 
 logger = logging.getLogger(__name__)
 
@@ -306,7 +306,7 @@ def write_html(path: str | Path, views: Sequence[DialogueView], *, title: str = 
 
 
 def rollout_view(record: Mapping[str, Any], sampler: FrameSampler) -> DialogueView:
-    """A training dialogue record (:mod:`sparse_video_r1.rollout_dump`) with its frames decoded again from the video.
+    """A training dialogue record (:mod:`sparse_video_r1.training.rollout_dump`) with its video's frames decoded again.
 
     The shown frames' timestamps are the decoded frames' own, so fetching them again gives the frames the
     policy saw (at the viewer's pixel budget). A video that cannot be read now shows no frames.

@@ -138,7 +138,7 @@ Turn = Answer | FrameRequest | Invalid
 
 
 class FrameLike(Protocol):
-    """A decoded frame and where it sits in the video (``sparse_video_r1.frames.TimedFrame`` fits)."""
+    """A decoded frame and where it sits in the video (``sparse_video_r1.env.frames.TimedFrame`` fits)."""
 
     @property
     def timestamp(self) -> float: ...

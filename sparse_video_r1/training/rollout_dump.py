@@ -3,7 +3,7 @@
 verl's own dump (``<rollout_data_dir>/<step>.jsonl``) holds each trajectory's decoded prompt and response
 text, its score and, with the legacy trainer, the reward's extra keys: not the video, nor where each turn
 starts, nor the timestamps of the frames shown. The viewer needs all three, so the training hooks of
-:mod:`sparse_video_r1.verl_metrics` add ``<rollout_data_dir>/dialogues/<step>.jsonl``: one
+:mod:`sparse_video_r1.training.verl_metrics` add ``<rollout_data_dir>/dialogues/<step>.jsonl``: one
 :func:`rollout_record` per trajectory, keyed by the same ``uid`` verl's v1 dump carries.
 """
 
@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from verl.experimental.agent_loop.agent_loop import AgentLoopMetrics, AgentLoopOutput
 
-from sparse_video_r1.standalone import image_runs, split_turns
+from sparse_video_r1.training.standalone import image_runs, split_turns
 
 logger = logging.getLogger(__name__)
 

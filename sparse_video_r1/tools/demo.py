@@ -1,6 +1,6 @@
 """See the whole frame-request loop run on a CPU, through the same code that training uses.
 
-    python -m sparse_video_r1.demo [--samples 3] [--work DIR] [--sft-epochs 6]
+    python -m sparse_video_r1.tools.demo [--samples 3] [--work DIR] [--sft-epochs 6]
 
 It builds the tiny random Qwen2.5-VL and a few generated videos, gives the model a short supervised cold
 start on protocol-following dialogues (a random model never asks for frames), then runs the verl agent
@@ -20,16 +20,16 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from sparse_video_r1.config import DialogueConfig
-from sparse_video_r1.dialogue import VideoQA
-from sparse_video_r1.frames import FrameSampler
-from sparse_video_r1.hf_server import TransformersServer
-from sparse_video_r1.protocol import OPTION_LETTERS
-from sparse_video_r1.reward import compute_score
-from sparse_video_r1.sft import SFTConfig, synthetic_traces, train
-from sparse_video_r1.standalone import make_agent_loop, run_dialogues, split_turns
-from sparse_video_r1.synthetic import write_index_video
-from sparse_video_r1.tiny_model import build_tiny_qwen2_5_vl
+from sparse_video_r1.env.config import DialogueConfig
+from sparse_video_r1.env.dialogue import VideoQA
+from sparse_video_r1.env.frames import FrameSampler
+from sparse_video_r1.env.protocol import OPTION_LETTERS
+from sparse_video_r1.serving.hf_server import TransformersServer
+from sparse_video_r1.synthetic.tiny_model import build_tiny_qwen2_5_vl
+from sparse_video_r1.synthetic.videos import write_index_video
+from sparse_video_r1.training.reward import compute_score
+from sparse_video_r1.training.sft import SFTConfig, synthetic_traces, train
+from sparse_video_r1.training.standalone import make_agent_loop, run_dialogues, split_turns
 
 DIALOGUE = DialogueConfig(initial_frames=4, max_frames_per_request=3, max_total_frames=10, max_turns=3)
 FPS = 5.0

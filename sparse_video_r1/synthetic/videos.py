@@ -68,7 +68,7 @@ def write_video(
     """Write HxWx3 uint8 RGB ``frames`` as an H.264 (yuv420p) mp4 at a constant ``fps``; returns its path.
 
     Frame ``i`` gets pts ``i``, so it is shown from ``i / fps`` seconds: exactly the frame that
-    :func:`sparse_video_r1.frames.frame_index` maps those timestamps to. ``keyframe_interval`` fixes the
+    :func:`sparse_video_r1.env.frames.frame_index` maps those timestamps to. ``keyframe_interval`` fixes the
     GOP length (and turns off x264's scene-cut keyframes, which would otherwise add extra ones) so seeking
     across GOP boundaries can be tested; None keeps the encoder default.
     """

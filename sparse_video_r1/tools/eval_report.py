@@ -1,4 +1,4 @@
-"""Reporting of an evaluation: metrics, markdown tables and the accuracy plot of :mod:`sparse_video_r1.evaluate`.
+"""Reporting of an evaluation: metrics, markdown tables and the accuracy plot of :mod:`sparse_video_r1.tools.evaluate`.
 
 Kept apart from running the evaluation because every figure is computed from the records files
 (``OUT/records_<method>.jsonl``) alone: summaries, tables and the plot can be recomputed without a model, an
@@ -13,13 +13,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from sparse_video_r1.data.nextqa import QUESTION_GROUPS
-from sparse_video_r1.dialogue import ENVIRONMENT_FAILURES, StopReason
+from sparse_video_r1.data.nextqa import GROUP_ORDER, OTHER_GROUP, QUESTION_GROUPS, question_group
+from sparse_video_r1.env.dialogue import ENVIRONMENT_FAILURES, StopReason
 
 #: The adaptive policy's method name; the plot draws it apart from the uniform baselines.
 ADAPTIVE = "adaptive"
-GROUP_ORDER = ("Causal", "Temporal", "Descriptive")
-OTHER_GROUP = "Other"
 UNKNOWN_TYPE = "unknown"
 #: Stop reasons whose records carry a ``failure_reason`` (the sampler's slug, or an exception class).
 _FAILURES = frozenset(reason.value for reason in ENVIRONMENT_FAILURES)
@@ -44,11 +42,6 @@ def _mean(values: Sequence[float]) -> float | None:
 
 def _median(values: Sequence[float]) -> float | None:
     return statistics.median(values) if values else None
-
-
-def question_group(question_type: str | None) -> str:
-    """NExT-QA's reporting group of a type code; types of other datasets fall under ``Other``."""
-    return QUESTION_GROUPS.get(question_type or "", OTHER_GROUP)
 
 
 def wall_time(records: Sequence[Mapping[str, Any]]) -> float:

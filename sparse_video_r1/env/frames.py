@@ -58,7 +58,7 @@ from av.video.reformatter import VideoReformatter
 from PIL import Image
 from qwen_vl_utils import smart_resize
 
-from sparse_video_r1.config import IMAGE_FACTOR, DialogueConfig
+from sparse_video_r1.env.config import IMAGE_FACTOR, DialogueConfig
 
 logger = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ loop and puts it into TransferQueue, the configured replay buffer samples the st
 metrics the trainer merges into the step), ``MetricsAggregator`` reduces them, ``Tracking`` logs them and
 ``PPOTrainer._log_rollout_data`` writes the ``trainer.rollout_data_dir`` dump. :class:`CpuStepRunner` drives
 exactly those functions, on stand-ins holding only the attributes they read (as
-:mod:`sparse_video_r1.standalone` does for the batch post-processing), so tests and the committed example
+:mod:`sparse_video_r1.training.standalone` does for the batch post-processing), so tests and the committed example
 exercise the metric path of training without a trainer. Not used by training.
 """
 
@@ -28,7 +28,7 @@ from verl.trainer.ppo.v1.trainer_base import PPOTrainer
 from verl.trainer.ppo.v1.utils import MetricsAggregator
 from verl.utils.tracking import Tracking
 
-from sparse_video_r1.standalone import _PostprocessingWorker
+from sparse_video_r1.training.standalone import _PostprocessingWorker
 
 PARTITION = "train"
 

@@ -1,10 +1,11 @@
 """vLLM's ``AsyncLLM`` behind verl's ``generate`` contract, for evaluation and benchmarks outside the trainer.
 
-Evaluation runs hundreds of dialogues at once through :class:`~sparse_video_r1.agent_loop.SparseVideoAgentLoop`,
-each awaiting one ``generate`` per turn. Every request goes to the engine the moment its dialogue makes it,
-and vLLM's scheduler batches whatever is in flight at each step (continuous batching), as it does behind
-verl's own rollout server during training. So one dialogue's frame decoding overlaps the others' generation,
-and no dialogue waits for the slowest one of a batch.
+Evaluation runs hundreds of dialogues at once through
+:class:`~sparse_video_r1.training.agent_loop.SparseVideoAgentLoop`, each awaiting one ``generate`` per turn.
+Every request goes to the engine the moment its dialogue makes it, and vLLM's scheduler batches whatever is in
+flight at each step (continuous batching), as it does behind verl's own rollout server during training. So one
+dialogue's frame decoding overlaps the others' generation, and no dialogue waits for the slowest one of a
+batch.
 
 Requests are prepared and answered exactly as verl's server prepares them
 (``verl.workers.rollout.vllm_rollout.vllm_async_server.vLLMHttpServer.generate``), so evaluation sees the
@@ -103,7 +104,7 @@ class AsyncVLLMServer:
         """Start the engine with verl's rollout defaults; ``engine_kwargs`` override any engine argument.
 
         ``max_images`` becomes ``limit_mm_per_prompt`` (size it with
-        :meth:`~sparse_video_r1.config.DialogueConfig.max_images_per_prompt`) and the context holds
+        :meth:`~sparse_video_r1.env.config.DialogueConfig.max_images_per_prompt`) and the context holds
         ``prompt_length + response_length`` tokens, as in training.
         """
         # The caller may have touched CUDA already (memory stats, a torch model); vLLM's default fork of its

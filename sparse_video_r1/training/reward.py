@@ -1,7 +1,7 @@
 """verl custom reward: right answer, clean format, few frames.
 
-Configure with ``reward.custom_reward_function.path=pkg://sparse_video_r1.reward``,
-``reward.custom_reward_function.name=compute_score`` and the :class:`~sparse_video_r1.config.RewardConfig`
+Configure with ``reward.custom_reward_function.path=pkg://sparse_video_r1.training.reward``,
+``reward.custom_reward_function.name=compute_score`` and the :class:`~sparse_video_r1.env.config.RewardConfig`
 fields under ``reward.custom_reward_function.reward_kwargs``.
 
 How verl calls it (``verl/experimental/reward_loop/reward_manager/naive.py``, ``run_single``):
@@ -23,9 +23,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sparse_video_r1.config import RewardConfig, from_mapping
-from sparse_video_r1.dialogue import ENVIRONMENT_FAILURES, StopReason
-from sparse_video_r1.protocol import OPTION_LETTERS, parse_final_answer
+from sparse_video_r1.env.config import RewardConfig, from_mapping
+from sparse_video_r1.env.dialogue import ENVIRONMENT_FAILURES, StopReason
+from sparse_video_r1.env.protocol import OPTION_LETTERS, parse_final_answer
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ def compute_score(
     Every term is returned too, under the same keys for every rollout, because verl logs each key of
     the dict and stacks them across the batch (and writes them into ``trainer.rollout_data_dir`` dumps).
     ``assistant_turns``, ``requested_frames`` and one ``stop/<reason>`` indicator per
-    :class:`~sparse_video_r1.dialogue.StopReason` are not reward terms: they make the rollout dumps say how
+    :class:`~sparse_video_r1.env.dialogue.StopReason` are not reward terms: they make the rollout dumps say how
     each dialogue went, and verl's validation metrics give the rate of every way a dialogue ends
     (``invalid_turn``, ``truncated``, ``video_error``...). Without agent-loop fields they are 0 (unknown).
     """

@@ -343,7 +343,7 @@ def build_tiny_qwen2_5_vl(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """CLI: ``python -m sparse_video_r1.tiny_model OUT_DIR [--shape tiny|3b|7b] [--seed N] [--device cuda]``."""
+    """CLI: ``python -m sparse_video_r1.synthetic.tiny_model OUT_DIR [--shape tiny|3b|7b] [--seed N] [--device D]``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--seed", type=int, default=0)

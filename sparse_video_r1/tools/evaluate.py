@@ -1,21 +1,21 @@
 """Evaluate adaptive frame requests against uniform-frame baselines, every method through the training agent loop.
 
-    python -m sparse_video_r1.evaluate --model PATH --data DATA_DIR/val.parquet --out OUT_DIR \\
+    python -m sparse_video_r1.tools.evaluate --model PATH --data DATA_DIR/val.parquet --out OUT_DIR \\
         [--backend vllm|transformers] [--uniform 4,8,16,32] [--no-adaptive] [--limit N] [--temperature 0] \\
         [--initial-frames 4 --max-frames-per-request 4 --max-total-frames 16 --max-turns 4 --max-pixels P \\
          --max-tokens-per-turn 512] [--batch-size 256]
 
-Each method is a :class:`~sparse_video_r1.config.DialogueConfig` run by
-:class:`~sparse_video_r1.agent_loop.SparseVideoAgentLoop`: ``adaptive`` with the dialogue knobs, and ``uniform_N``
-a single turn shown N uniform frames. So baselines and the adaptive policy see the same prompts, parser and
-frame decoding as training.
+Each method is a :class:`~sparse_video_r1.env.config.DialogueConfig` run by
+:class:`~sparse_video_r1.training.agent_loop.SparseVideoAgentLoop`: ``adaptive`` with the dialogue knobs, and
+``uniform_N`` a single turn shown N uniform frames. So baselines and the adaptive policy see the same prompts,
+parser and frame decoding as training.
 
 Each finished dialogue is appended to ``OUT/records_<method>.jsonl`` at once; a re-run skips the questions
 already there (re-running only those that ended in ``error``, an infrastructure failure) and every figure is
 computed from these files, so an interrupted run resumes where it stopped. ``OUT/settings.json`` pins what
 the records depend on: resuming with other settings is refused. Writes ``OUT/results.json`` (every metric with
 the settings that produced it), ``OUT/table.md`` (also printed), ``OUT/accuracy_vs_frames.png`` and
-``OUT/dialogues.html`` (a sample of dialogues, see :mod:`sparse_video_r1.viewer`).
+``OUT/dialogues.html`` (a sample of dialogues, see :mod:`sparse_video_r1.tools.viewer`).
 """
 
 from __future__ import annotations
@@ -41,12 +41,12 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 from verl.experimental.agent_loop.agent_loop import AgentLoopOutput
 
-from sparse_video_r1 import viewer
-from sparse_video_r1.agent_loop import SparseVideoAgentLoop
-from sparse_video_r1.config import IMAGE_FACTOR, DialogueConfig
-from sparse_video_r1.dialogue import StopReason
-from sparse_video_r1.eval_report import ADAPTIVE, markdown_table, plot_accuracy_vs_frames, summarize
-from sparse_video_r1.standalone import make_agent_loop
+from sparse_video_r1.env.config import IMAGE_FACTOR, DialogueConfig
+from sparse_video_r1.env.dialogue import StopReason
+from sparse_video_r1.tools import viewer
+from sparse_video_r1.tools.eval_report import ADAPTIVE, markdown_table, plot_accuracy_vs_frames, summarize
+from sparse_video_r1.training.agent_loop import SparseVideoAgentLoop
+from sparse_video_r1.training.standalone import make_agent_loop
 
 logger = logging.getLogger(__name__)
 
@@ -448,7 +448,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--temperature", type=float, default=0.0)
     parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0, help="sampling seed; also picks the viewer's dialogues")
-    dialogue = parser.add_argument_group("dialogue (sparse_video_r1.config.DialogueConfig)")
+    dialogue = parser.add_argument_group("dialogue (sparse_video_r1.env.config.DialogueConfig)")
     dialogue.add_argument("--initial-frames", type=int, default=defaults.initial_frames)
     dialogue.add_argument("--max-frames-per-request", type=int, default=defaults.max_frames_per_request)
     dialogue.add_argument("--max-total-frames", type=int, default=defaults.max_total_frames)
@@ -509,10 +509,10 @@ def settings_from_args(args: argparse.Namespace) -> EvalSettings:
 def make_server(settings: EvalSettings) -> Any:
     """The backend's server, sized for the largest method (one engine serves them all)."""
     if settings.backend == "transformers":
-        from sparse_video_r1.hf_server import TransformersServer
+        from sparse_video_r1.serving.hf_server import TransformersServer
 
         return TransformersServer(settings.model, device=settings.device, seed=settings.seed)
-    from sparse_video_r1.vllm_server import AsyncVLLMServer
+    from sparse_video_r1.serving.vllm_server import AsyncVLLMServer
 
     return AsyncVLLMServer.launch(
         settings.model,
@@ -528,7 +528,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     settings = settings_from_args(args)
-    command = [sys.executable, "-m", "sparse_video_r1.evaluate", *(sys.argv[1:] if argv is None else argv)]
+    command = [sys.executable, "-m", "sparse_video_r1.tools.evaluate", *(sys.argv[1:] if argv is None else argv)]
     evaluate(settings, lambda: make_server(settings), command=command)
     print((Path(settings.out) / "table.md").read_text())
     print(f"results: {settings.out}/results.json, plot: accuracy_vs_frames.png, dialogues: dialogues.html")
