@@ -12,15 +12,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from sparse_video_r1.data.records import (
-    LETTERS,
-    MIN_OPTIONS,
-    BadRows,
-    Reason,
-    RowProblem,
-    SplitRecords,
-    VideoQARecord,
-)
+from sparse_video_r1.data.records import BadRows, Reason, RowProblem, SplitRecords, VideoQARecord
+from sparse_video_r1.env.protocol import OPTION_COUNTS, OPTION_LETTERS
 
 logger = logging.getLogger(__name__)
 
@@ -109,8 +102,9 @@ def _options(obj: dict[str, Any]) -> tuple[str, ...]:
     options = obj.get("options")
     if options is None:
         raise RowProblem(Reason.MISSING_FIELD, "missing 'options'")
-    if not isinstance(options, list) or not MIN_OPTIONS <= len(options) <= len(LETTERS):
-        raise RowProblem(Reason.BAD_OPTIONS, f"'options' must be a list of {MIN_OPTIONS}..{len(LETTERS)} strings")
+    if not isinstance(options, list) or len(options) not in OPTION_COUNTS:
+        counts = f"{OPTION_COUNTS.start}..{OPTION_COUNTS[-1]}"
+        raise RowProblem(Reason.BAD_OPTIONS, f"'options' must be a list of {counts} strings")
     if not all(isinstance(o, str) and o.strip() for o in options):
         raise RowProblem(Reason.BAD_OPTIONS, "every option must be a non-empty string")
     return tuple(o.strip() for o in options)
@@ -121,7 +115,7 @@ def _answer_index(obj: dict[str, Any], num_options: int) -> int:
     answer = obj.get("answer")
     if answer is None:
         raise RowProblem(Reason.MISSING_FIELD, "missing 'answer'")
-    letters = LETTERS[:num_options]
+    letters = OPTION_LETTERS[:num_options]
     if isinstance(answer, str) and len(answer.strip()) == 1 and answer.strip().upper() in letters:
         return letters.index(answer.strip().upper())
     if isinstance(answer, int) and not isinstance(answer, bool) and 0 <= answer < num_options:

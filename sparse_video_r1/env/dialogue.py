@@ -100,9 +100,10 @@ class VideoQA:
         missing = [key for key in ("video_path", "question", "options") if key not in extra_info]
         if missing:
             raise KeyError(f"extra_info of sample {qid!r} lacks {missing}")
-        if not 1 <= len(extra_info["options"]) <= len(protocol.OPTION_LETTERS):
+        counts = protocol.OPTION_COUNTS
+        if len(extra_info["options"]) not in counts:
             raise ValueError(
-                f"sample {qid!r} has {len(extra_info['options'])} options; need 1..{len(protocol.OPTION_LETTERS)}"
+                f"sample {qid!r} has {len(extra_info['options'])} options; need {counts.start}..{counts[-1]}"
             )
         return cls(
             video_path=str(extra_info["video_path"]),

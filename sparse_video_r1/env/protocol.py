@@ -77,6 +77,8 @@ if TYPE_CHECKING:
     from PIL import Image
 
 OPTION_LETTERS = "ABCDE"
+#: How many options a question may have: two at least to choose between, one letter each at most (NExT-QA has five).
+OPTION_COUNTS = range(2, len(OPTION_LETTERS) + 1)
 #: Upper bound on items in one ``<frames>`` tag: a longer list is degenerate output, and the bound
 #: keeps parsing cheap whatever the model writes.
 MAX_PARSED_TIMESTAMPS = 64

@@ -318,6 +318,8 @@ def compute_score(
     solution_str: str,
     ground_truth: str,
     extra_info: dict | None = None,
+    *,
+    proximity_weight: float = 0.0,
     **reward_kwargs: Any,
 ) -> dict[str, float]:
     """The standard reward plus where the dialogue looked: logged, and scored with ``proximity_weight``.
@@ -330,7 +332,7 @@ def compute_score(
     ``failure_score`` stands). verl merges those loop fields into ``extra_info`` at top level (see
     :mod:`sparse_video_r1.training.reward`).
     """
-    weight = float(reward_kwargs.pop("proximity_weight", 0.0))
+    weight = float(proximity_weight)
     scores = reward.compute_score(data_source, solution_str, ground_truth, extra_info, **reward_kwargs)
     info = extra_info or {}
     needle = Needle.from_extra_info(info)
