@@ -98,8 +98,10 @@ INVALID_REASONS: tuple[str, ...] = (
     "multiple_answers",
 )
 
-#: Invalid reasons the caller decides from a turn's token ids, which the text parser never sees.
-TOKEN_INVALID_REASONS: tuple[str, ...] = ("vision_tokens",)
+#: The invalid reason of a turn whose token ids hold vision special tokens (the caller reports their count).
+VISION_TOKENS = "vision_tokens"
+#: Invalid reasons decided from a turn's token ids, which the text parser never sees.
+TOKEN_INVALID_REASONS: tuple[str, ...] = (VISION_TOKENS,)
 
 
 @dataclass(frozen=True)

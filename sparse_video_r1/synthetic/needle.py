@@ -461,10 +461,9 @@ def needle_traces(
                 times = [needle.time] if informed else rng.sample(unasked, count)
                 unasked = [t for t in unasked if t not in times]
                 turns.append(request_text(sorted(times)))
-                observation = episode.step(turns[-1])
-                if observation is None:
+                episode.play(turns[-1:])
+                if episode.done:
                     raise RuntimeError(f"{sample.qid}: {turns[-1]!r} ended the dialogue ({episode.stop_reason})")
-                episode.show(observation)
                 seen = any(needle.shows(frame.timestamp) for frame in episode.frames)
             turns.append(answer_text(colour if seen else None, rng.randrange(len(COLOURS))))
             traces.append({"extra_info": asdict(sample), "turns": turns, "card_seen": seen})
