@@ -10,7 +10,7 @@ import enum
 import logging
 import os
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -148,6 +148,35 @@ class SplitRecords:
     records: list[VideoQARecord]
     rows_read: int
     skipped: dict[str, int]
+
+
+def gather_records(
+    split: str,
+    rows: Iterable[tuple[int, Callable[[], VideoQARecord]]],
+    bad: BadRows,
+    duplicate: Callable[[VideoQARecord], str],
+) -> SplitRecords:
+    """Parse each ``(line, parse)`` row of ``bad.path``, keeping the first record of each qid.
+
+    A row whose ``parse`` raises :class:`RowProblem`, or whose qid came before (``duplicate`` says how, in the
+    reader's words), goes to ``bad``: raised, or counted and skipped.
+    """
+    records: list[VideoQARecord] = []
+    seen: set[str] = set()
+    rows_read = 0
+    for line, parse in rows:
+        rows_read += 1
+        try:
+            record = parse()
+            if record.qid in seen:
+                raise RowProblem(Reason.DUPLICATE_QID, duplicate(record))
+        except RowProblem as problem:
+            bad.report(line, problem)
+            continue
+        seen.add(record.qid)
+        records.append(record)
+    logger.info("%s: %d rows read, %d valid, skipped %s", bad.path, rows_read, len(records), dict(bad.counts))
+    return SplitRecords(split, bad.path, records, rows_read, dict(bad.counts))
 
 
 def to_verl_row(record: VideoQARecord, index: int) -> dict[str, Any]:
