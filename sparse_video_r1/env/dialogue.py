@@ -165,7 +165,7 @@ class Episode:
     repeated_timestamps: int = 0
     over_budget_timestamps: int = 0
     request_distances: list[float] = field(default_factory=list)
-    #: Vision special tokens the caller cut from the model's turns (see the table above).
+    #: Vision special tokens the caller cut from the model's turns (see the module's table).
     vision_tokens_removed: int = 0
 
     @property
