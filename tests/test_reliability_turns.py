@@ -18,10 +18,9 @@ from test_reward import verl_extra_info
 from verl.utils.tokenizer import hf_processor, hf_tokenizer
 from verl.workers.rollout.replica import TokenOutput
 
-from sparse_video_r1.env.dialogue import ENVIRONMENT_FAILURES, StopReason
+from sparse_video_r1.env.dialogue import ENVIRONMENT_FAILURES, UNAVAILABLE_TEXT, StopReason
 from sparse_video_r1.serving.hf_server import ScriptedServer
 from sparse_video_r1.synthetic.videos import read_frame_index
-from sparse_video_r1.training.agent_loop import UNAVAILABLE_TEXT
 from sparse_video_r1.training.reward import compute_score
 
 #: The video of every case: 60 frames at 10 fps (6 s); the 2 initial frames are 15 and 45 (1.5 s, 4.5 s).

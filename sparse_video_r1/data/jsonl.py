@@ -6,21 +6,15 @@ a relative ``video`` is relative to the JSONL's folder, so a dataset folder can 
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 from pathlib import Path
 from typing import Any
 
-from sparse_video_r1.data.records import (
-    LETTERS,
-    MIN_OPTIONS,
-    BadRows,
-    Reason,
-    RowProblem,
-    SplitRecords,
-    VideoQARecord,
-)
+from sparse_video_r1.data.records import BadRows, Reason, RowProblem, SplitRecords, VideoQARecord, gather_records
+from sparse_video_r1.env.protocol import OPTION_COUNTS, OPTION_LETTERS
 
 logger = logging.getLogger(__name__)
 
@@ -35,25 +29,13 @@ def read_jsonl(path: Path, split: str, *, skip_bad_rows: bool = False, source: s
         raise FileNotFoundError(f"JSONL file not found: {path}")
     source = source or path.stem
     bad = BadRows(path, skip_bad_rows)
-    records: list[VideoQARecord] = []
-    seen: set[str] = set()
-    rows_read = 0
     with path.open("rb") as f:
-        for line_no, raw in enumerate(f, start=1):
-            if not raw.strip():
-                continue
-            rows_read += 1
-            try:
-                record = _parse_line(raw, line_no, path.parent, source, split)
-                if record.qid in seen:
-                    raise RowProblem(Reason.DUPLICATE_QID, f"id {record.qid!r} already used")
-            except RowProblem as problem:
-                bad.report(line_no, problem)
-                continue
-            seen.add(record.qid)
-            records.append(record)
-    logger.info("%s: %d rows read, %d valid, skipped %s", path, rows_read, len(records), dict(bad.counts))
-    return SplitRecords(split, path, records, rows_read, dict(bad.counts))
+        rows = (
+            (line_no, functools.partial(_parse_line, raw, line_no, path.parent, source, split))
+            for line_no, raw in enumerate(f, start=1)
+            if raw.strip()
+        )
+        return gather_records(split, rows, bad, lambda record: f"id {record.qid!r} already used")
 
 
 def _parse_line(raw: bytes, line_no: int, base: Path, source: str, split: str) -> VideoQARecord:
@@ -109,8 +91,9 @@ def _options(obj: dict[str, Any]) -> tuple[str, ...]:
     options = obj.get("options")
     if options is None:
         raise RowProblem(Reason.MISSING_FIELD, "missing 'options'")
-    if not isinstance(options, list) or not MIN_OPTIONS <= len(options) <= len(LETTERS):
-        raise RowProblem(Reason.BAD_OPTIONS, f"'options' must be a list of {MIN_OPTIONS}..{len(LETTERS)} strings")
+    if not isinstance(options, list) or len(options) not in OPTION_COUNTS:
+        counts = f"{OPTION_COUNTS.start}..{OPTION_COUNTS[-1]}"
+        raise RowProblem(Reason.BAD_OPTIONS, f"'options' must be a list of {counts} strings")
     if not all(isinstance(o, str) and o.strip() for o in options):
         raise RowProblem(Reason.BAD_OPTIONS, "every option must be a non-empty string")
     return tuple(o.strip() for o in options)
@@ -121,7 +104,7 @@ def _answer_index(obj: dict[str, Any], num_options: int) -> int:
     answer = obj.get("answer")
     if answer is None:
         raise RowProblem(Reason.MISSING_FIELD, "missing 'answer'")
-    letters = LETTERS[:num_options]
+    letters = OPTION_LETTERS[:num_options]
     if isinstance(answer, str) and len(answer.strip()) == 1 and answer.strip().upper() in letters:
         return letters.index(answer.strip().upper())
     if isinstance(answer, int) and not isinstance(answer, bool) and 0 <= answer < num_options:

@@ -10,7 +10,7 @@ import enum
 import logging
 import os
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,11 +19,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from sparse_video_r1.env.config import AGENT_NAME
-from sparse_video_r1.env.protocol import question_text
+from sparse_video_r1.env.protocol import OPTION_COUNTS, OPTION_LETTERS, question_text
 
-#: Answer letters by option index; at most five options, as in NExT-QA.
-LETTERS = "ABCDE"
-MIN_OPTIONS = 2
 ABILITY = "video_qa"
 
 logger = logging.getLogger(__name__)
@@ -80,8 +77,9 @@ class VideoQARecord:
         clashes = sorted(set(self.extras) & set(_EXTRA_INFO.names))
         if clashes:
             raise ValueError(f"{self.qid}: extras {clashes} would overwrite standard extra_info fields")
-        if not MIN_OPTIONS <= len(self.options) <= len(LETTERS):
-            raise ValueError(f"{self.qid}: need {MIN_OPTIONS}..{len(LETTERS)} options, got {len(self.options)}")
+        if len(self.options) not in OPTION_COUNTS:
+            counts = f"{OPTION_COUNTS.start}..{OPTION_COUNTS[-1]}"
+            raise ValueError(f"{self.qid}: need {counts} options, got {len(self.options)}")
         if not 0 <= self.answer_index < len(self.options):
             raise ValueError(f"{self.qid}: answer_index {self.answer_index} outside 0..{len(self.options) - 1}")
         if not os.path.isabs(self.video_path):
@@ -89,22 +87,22 @@ class VideoQARecord:
 
     @property
     def answer_letter(self) -> str:
-        return LETTERS[self.answer_index]
+        return OPTION_LETTERS[self.answer_index]
 
 
-class Reason(str, enum.Enum):
-    """Why an input row was rejected; skipped rows are counted under these names."""
+class Reason(enum.StrEnum):
+    """Why an input row was rejected; skipped rows are counted under these names (the member's, in lower case)."""
 
-    BAD_UTF8 = "bad_utf8"
-    BAD_JSON = "bad_json"
-    BAD_FIELD_COUNT = "bad_field_count"
-    MISSING_FIELD = "missing_field"
-    BAD_FIELD = "bad_field"
-    BAD_OPTIONS = "bad_options"
-    BAD_ANSWER = "bad_answer"
-    BAD_TYPE = "bad_type"
-    UNMAPPED_VIDEO = "unmapped_video"
-    DUPLICATE_QID = "duplicate_qid"
+    BAD_UTF8 = enum.auto()
+    BAD_JSON = enum.auto()
+    BAD_FIELD_COUNT = enum.auto()
+    MISSING_FIELD = enum.auto()
+    BAD_FIELD = enum.auto()
+    BAD_OPTIONS = enum.auto()
+    BAD_ANSWER = enum.auto()
+    BAD_TYPE = enum.auto()
+    UNMAPPED_VIDEO = enum.auto()
+    DUPLICATE_QID = enum.auto()
 
 
 class RowProblem(Exception):
@@ -150,6 +148,35 @@ class SplitRecords:
     records: list[VideoQARecord]
     rows_read: int
     skipped: dict[str, int]
+
+
+def gather_records(
+    split: str,
+    rows: Iterable[tuple[int, Callable[[], VideoQARecord]]],
+    bad: BadRows,
+    duplicate: Callable[[VideoQARecord], str],
+) -> SplitRecords:
+    """Parse each ``(line, parse)`` row of ``bad.path``, keeping the first record of each qid.
+
+    A row whose ``parse`` raises :class:`RowProblem`, or whose qid came before (``duplicate`` says how, in the
+    reader's words), goes to ``bad``: raised, or counted and skipped.
+    """
+    records: list[VideoQARecord] = []
+    seen: set[str] = set()
+    rows_read = 0
+    for line, parse in rows:
+        rows_read += 1
+        try:
+            record = parse()
+            if record.qid in seen:
+                raise RowProblem(Reason.DUPLICATE_QID, duplicate(record))
+        except RowProblem as problem:
+            bad.report(line, problem)
+            continue
+        seen.add(record.qid)
+        records.append(record)
+    logger.info("%s: %d rows read, %d valid, skipped %s", bad.path, rows_read, len(records), dict(bad.counts))
+    return SplitRecords(split, bad.path, records, rows_read, dict(bad.counts))
 
 
 def to_verl_row(record: VideoQARecord, index: int) -> dict[str, Any]:

@@ -13,8 +13,9 @@ model turn / fault                      outcome
 valid answer                            dialogue ends, ``answered``
 invalid / ambiguous turn (incl. empty)  dialogue ends, ``invalid_turn``; the parser's slug in
                                         ``invalid_reason`` (the reward's format term is 0)
-vision special tokens in a turn's ids   dialogue ends, ``invalid_turn`` / ``vision_tokens`` (decided by
-                                        the caller, who sees tokens; it cuts the turn before them)
+vision special tokens in a turn's ids   dialogue ends, ``invalid_turn`` / ``vision_tokens`` (the caller,
+                                        who sees tokens, cuts the turn before them and passes
+                                        ``step`` their count)
 frame request on the last turn, or      dialogue ends, ``max_turns``
 when requests are disabled (baseline)
 timestamps < 0 or past the end          clamped to the video, counted in ``clamped_timestamps``
@@ -24,26 +25,28 @@ two falling on one frame in a request
 more than ``max_frames_per_request``    the earliest ones kept, the rest counted in ``over_budget_timestamps``
 new frames
 request with no frame budget left       no frames, counted in ``over_budget_timestamps``; a note says so
-a turn cut off by ``max_tokens`` (no    dialogue ends, ``truncated`` (decided by the caller, who sees tokens)
-end-of-turn token, or no token at all)
-next observation would overflow the     dialogue ends, ``context_limit`` (decided by the caller); also when
-context                                 the opening prompt alone exceeds the prompt length (0 turns)
+a turn cut off by ``max_tokens`` (no    dialogue ends, ``truncated`` (the caller, who sees tokens, passes
+end-of-turn token, or no token at all)  ``step`` ``truncated=True``)
+next observation would overflow the     dialogue ends, ``context_limit`` (the caller says whether it fits:
+context                                 ``show(..., fits=)``); also when the opening prompt alone exceeds
+                                        the prompt length (``fit_opening(False)``, 0 turns)
 video missing / unreadable / empty /    dialogue ends, ``video_error``; the ``VideoError``'s reason slug in
 decode fails (at start or any request)  ``failure_reason`` (``missing``, ``unreadable``, ``decode_failed``...)
 a decode or open exceeds its timeout    dialogue ends, ``decode_timeout`` (``failure_reason`` too)
 any other exception in the sample       dialogue ends, ``error``; the exception's class in ``failure_reason``
 ======================================  =================================================================
 
-The last three are the environment's faults, not the model's (:attr:`Episode.failed`): the caller gives
-such a sample no gradient, so a broken file or a lost server request never teaches the model that the
-turns it wrote before the fault were wrong.
+The caller reports what only it can see (tokens, the context's length, an exception via ``fail``); the
+:class:`Episode` decides every stop reason. The last three are the environment's faults, not the model's
+(:attr:`Episode.failed`): the caller gives such a sample no gradient, so a broken file or a lost server
+request never teaches the model that the turns it wrote before the fault were wrong.
 """
 
 from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,6 +78,9 @@ class StopReason(str, enum.Enum):
     ERROR = "error"
 
 
+#: The whole user turn of a failed sample whose question does not fit the prompt length even without frames.
+UNAVAILABLE_TEXT = "This sample could not be shown."
+
 #: Stop reasons that say the environment failed, not the model (see :attr:`Episode.failed`).
 ENVIRONMENT_FAILURES = frozenset({StopReason.VIDEO_ERROR, StopReason.DECODE_TIMEOUT, StopReason.ERROR})
 
@@ -100,9 +106,10 @@ class VideoQA:
         missing = [key for key in ("video_path", "question", "options") if key not in extra_info]
         if missing:
             raise KeyError(f"extra_info of sample {qid!r} lacks {missing}")
-        if not 1 <= len(extra_info["options"]) <= len(protocol.OPTION_LETTERS):
+        counts = protocol.OPTION_COUNTS
+        if len(extra_info["options"]) not in counts:
             raise ValueError(
-                f"sample {qid!r} has {len(extra_info['options'])} options; need 1..{len(protocol.OPTION_LETTERS)}"
+                f"sample {qid!r} has {len(extra_info['options'])} options; need {counts.start}..{counts[-1]}"
             )
         return cls(
             video_path=str(extra_info["video_path"]),
@@ -126,20 +133,27 @@ class Observation:
     #: Per requested timestamp (clamped into the video), seconds to the nearest frame shown before the request.
     distances: tuple[float, ...] = ()
 
-    @property
-    def images(self) -> list[Image.Image]:
-        return [frame.image for frame in self.frames]
-
 
 @dataclass
 class Episode:
-    """State of one dialogue. ``start`` opens it; ``step`` judges a model turn; ``show`` commits frames."""
+    """One dialogue, and the only judge of how it ends: every stop reason is decided here.
+
+    ``start`` opens it and :meth:`fit_opening` takes the caller's verdict on the opening prompt; ``step``
+    judges a model turn, given what only the caller saw in its tokens; ``show`` commits the frames it asked
+    for, or ends the dialogue when the caller could not fit them; ``fail`` ends it on a fault. ``messages``
+    and ``images`` are the dialogue so far, in order: what a caller renders into tokens. :meth:`play` runs
+    known turns (SFT replay, cold-start traces), where no token budget applies.
+    """
 
     sample: VideoQA
     config: DialogueConfig
     sampler: FrameSampler
     info: VideoInfo | None = None
     frames: list[TimedFrame] = field(default_factory=list)
+    #: The chat so far: the opening ``[system, user]``, then each assistant turn and each observation shown.
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    #: The blank frame of a sample that ended before its first turn (:meth:`open_blank`); not a shown frame.
+    placeholder: Image.Image | None = None
     turns: int = 0
     invalid_turns: int = 0
     answer: str | None = None
@@ -151,6 +165,8 @@ class Episode:
     repeated_timestamps: int = 0
     over_budget_timestamps: int = 0
     request_distances: list[float] = field(default_factory=list)
+    #: Vision special tokens the caller cut from the model's turns (see the module's table).
+    vision_tokens_removed: int = 0
 
     @property
     def done(self) -> bool:
@@ -163,7 +179,9 @@ class Episode:
 
     @property
     def images(self) -> list[Image.Image]:
-        """Every frame shown so far, in the order its image placeholder appears in the dialogue."""
+        """The image behind each placeholder of :attr:`messages`, in order: the frames shown (or the blank one)."""
+        if self.placeholder is not None:
+            return [self.placeholder]
         return [frame.image for frame in self.frames]
 
     @property
@@ -179,10 +197,37 @@ class Episode:
         self.info = self.sampler.info(self.sample.video_path)
         timestamps = uniform_timestamps(self.info.duration, min(self.config.initial_frames, self.info.num_frames))
         self.frames = self.sampler.fetch(self.sample.video_path, timestamps)
-        return self.opening_messages(self.frames)
+        self.messages = self.opening_messages(self.frames)
+        return list(self.messages)
+
+    def fit_opening(self, fits: bool) -> None:
+        """The caller's verdict on the opening prompt; one too long for the context shows no frame and ends."""
+        if not fits:
+            self.frames.clear()
+            self.messages.clear()
+            self._stop(StopReason.CONTEXT_LIMIT)
+
+    def open_blank(self, *, with_question: bool = True) -> list[dict[str, Any]]:
+        """The opening of a sample that ended before its first turn: one blank frame and the question.
+
+        The caller gives such a sample a gradient-free prompt (see the agent loop for why it keeps one
+        image); ``with_question=False`` replaces the whole opening with one user message, the frame and
+        :data:`UNAVAILABLE_TEXT`, for a question too long for the prompt even without frames. The blank
+        frame is the smallest square of ``config.min_pixels``; it is no shown frame of :meth:`summary`.
+        """
+        side = 28
+        while side * side < self.config.min_pixels:
+            side += 28
+        self.placeholder = Image.new("RGB", (side, side))
+        if with_question:
+            self.messages = self.opening_messages([TimedFrame(timestamp=0.0, index=0, image=self.placeholder)])
+        else:
+            content = [{"type": "image", "image": self.placeholder}, {"type": "text", "text": UNAVAILABLE_TEXT}]
+            self.messages = [{"role": "user", "content": content}]
+        return list(self.messages)
 
     def opening_messages(self, frames: list[TimedFrame]) -> list[dict[str, Any]]:
-        """The ``[system, user]`` messages showing ``frames``; also used with a placeholder if the video failed."""
+        """The ``[system, user]`` messages showing ``frames``."""
         content = protocol.initial_user_content(
             question=self.sample.question,
             options=self.sample.options,
@@ -199,47 +244,47 @@ class Episode:
         )
         return [{"role": "system", "content": system}, {"role": "user", "content": content}]
 
-    def step(self, text: str) -> Observation | None:
-        """Judge one assistant turn: end the dialogue (returns None) or return the frames it asked for."""
+    def step(self, text: str, *, truncated: bool = False, vision_tokens: int = 0) -> Observation | None:
+        """Judge one assistant turn: end the dialogue (returns None) or return the frames it asked for.
+
+        ``text`` is the turn as the model wrote it. A caller that sees tokens also says whether the turn hit
+        ``max_tokens`` before its end-of-turn token (``truncated``) and how many vision special tokens it cut
+        from it (``vision_tokens``); either ends the dialogue, vision tokens first.
+        """
         if self.info is None:
             raise RuntimeError("Episode.step called before Episode.start")
         self.turns += 1
+        self.messages.append({"role": "assistant", "content": text})
+        if vision_tokens:
+            self.vision_tokens_removed += vision_tokens
+            self._reject(protocol.VISION_TOKENS)
+            return None
+        if truncated:
+            self._stop(StopReason.TRUNCATED)
+            return None
         turn = protocol.parse_turn(text, num_options=len(self.sample.options))
         if isinstance(turn, protocol.Answer):
             self.answer = turn.letter
-            self.stop(StopReason.ANSWERED)
+            self._stop(StopReason.ANSWERED)
             return None
         if isinstance(turn, protocol.Invalid):
-            self.invalid_turns += 1
-            self.invalid_reason = turn.reason
-            self.stop(StopReason.INVALID_TURN)
+            self._reject(turn.reason)
             return None
         if self.turns >= self.config.max_turns or not self.config.allows_requests:
-            self.stop(StopReason.MAX_TURNS)
+            self._stop(StopReason.MAX_TURNS)
             return None
         return self._observe(turn.timestamps)
 
-    def opening_too_long(self) -> None:
-        """The caller could not fit the opening prompt into the context: no frame was shown, and it ends."""
-        self.frames.clear()
-        self.stop(StopReason.CONTEXT_LIMIT)
+    def show(self, observation: Observation, *, fits: bool = True) -> None:
+        """Commit an observation the caller fitted into the context; one that does not fit ends the dialogue.
 
-    def reject_turn(self, reason: str) -> None:
-        """The caller found the turn invalid where the text parser cannot see it (e.g. in its tokens); it ends."""
-        if reason not in protocol.TOKEN_INVALID_REASONS:
-            raise ValueError(f"unknown invalid reason {reason!r}; known: {protocol.TOKEN_INVALID_REASONS}")
-        self.turns += 1
-        self.invalid_turns += 1
-        self.invalid_reason = reason
-        self.stop(StopReason.INVALID_TURN)
-
-    def cut_off(self) -> None:
-        """The caller saw the turn hit ``max_tokens`` before its end-of-turn token: it counts, and ends."""
-        self.turns += 1
-        self.stop(StopReason.TRUNCATED)
-
-    def show(self, observation: Observation) -> None:
-        """Commit an observation once the caller has fitted it into the context."""
+        A multimodal context is never truncated (cutting through image placeholders breaks the alignment of
+        image features), so an observation that would overflow it is not shown: ``context_limit``.
+        """
+        if not fits:
+            self._stop(StopReason.CONTEXT_LIMIT)
+            return
+        self.messages.append(observation.message)
         self.frames.extend(observation.frames)
         self.requested_timestamps.extend(observation.requested)
         self.clamped_timestamps += observation.clamped
@@ -247,9 +292,22 @@ class Episode:
         self.over_budget_timestamps += observation.over_budget
         self.request_distances.extend(observation.distances)
 
-    def stop(self, reason: StopReason) -> None:
-        if self.stop_reason is None:
-            self.stop_reason = reason
+    def play(self, turns: Sequence[str]) -> None:
+        """Step and show each of ``turns`` (known text, no token budget: SFT replay, cold-start traces).
+
+        Raises ``ValueError`` if the dialogue ends before the last turn; whether the last one ended it is
+        :attr:`done`.
+        """
+        for index, text in enumerate(turns):
+            observation = self.step(text)
+            if observation is None:
+                if index != len(turns) - 1:
+                    raise ValueError(
+                        f"sample {self.sample.qid!r} ended at turn {index + 1} ({self.stop_reason}) "
+                        f"but has {len(turns)} turns"
+                    )
+                return
+            self.show(observation)
 
     def fail(self, error: Exception) -> None:
         """End the dialogue because serving it raised ``error``, keeping its name for the metrics.
@@ -259,10 +317,10 @@ class Episode:
         """
         if isinstance(error, VideoError):
             self.failure_reason = error.reason
-            self.stop(StopReason.DECODE_TIMEOUT if isinstance(error, DecodeTimeoutError) else StopReason.VIDEO_ERROR)
+            self._stop(StopReason.DECODE_TIMEOUT if isinstance(error, DecodeTimeoutError) else StopReason.VIDEO_ERROR)
         else:
             self.failure_reason = type(error).__name__
-            self.stop(StopReason.ERROR)
+            self._stop(StopReason.ERROR)
 
     def summary(self) -> dict[str, Any]:
         """Per-sample fields for verl's ``extra_fields`` (the reward and the rollout dumps read them)."""
@@ -283,6 +341,15 @@ class Episode:
             "request_distances": list(self.request_distances),
             "video_duration": self.info.duration if self.info else None,
         }
+
+    def _stop(self, reason: StopReason) -> None:
+        if self.stop_reason is None:
+            self.stop_reason = reason
+
+    def _reject(self, reason: str) -> None:
+        self.invalid_turns += 1
+        self.invalid_reason = reason
+        self._stop(StopReason.INVALID_TURN)
 
     def _observe(self, timestamps: tuple[float, ...]) -> Observation:
         assert self.info is not None

@@ -77,6 +77,8 @@ if TYPE_CHECKING:
     from PIL import Image
 
 OPTION_LETTERS = "ABCDE"
+#: How many options a question may have: two at least to choose between, one letter each at most (NExT-QA has five).
+OPTION_COUNTS = range(2, len(OPTION_LETTERS) + 1)
 #: Upper bound on items in one ``<frames>`` tag: a longer list is degenerate output, and the bound
 #: keeps parsing cheap whatever the model writes.
 MAX_PARSED_TIMESTAMPS = 64
@@ -96,8 +98,10 @@ INVALID_REASONS: tuple[str, ...] = (
     "multiple_answers",
 )
 
-#: Invalid reasons the caller decides from a turn's token ids, which the text parser never sees.
-TOKEN_INVALID_REASONS: tuple[str, ...] = ("vision_tokens",)
+#: The invalid reason of a turn whose token ids hold vision special tokens (the caller reports their count).
+VISION_TOKENS = "vision_tokens"
+#: Invalid reasons decided from a turn's token ids, which the text parser never sees.
+TOKEN_INVALID_REASONS: tuple[str, ...] = (VISION_TOKENS,)
 
 
 @dataclass(frozen=True)

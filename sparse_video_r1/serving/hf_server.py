@@ -1,9 +1,9 @@
 """transformers-backed stand-ins for verl's LLM server, so the real agent loop runs on CPU without vLLM.
 
-Both classes expose the coroutine the agent loop awaits on ``server_manager.generate`` (see
-``verl.workers.rollout.llm_server.LLMServerClient.generate``) and return a ``TokenOutput`` shaped like
-the vLLM server's: the response tokens include the stop token, and ``stop_reason`` is ``"completed"``
-whether generation hit eos or ``max_tokens`` (vLLM maps both ``stop`` and ``length`` to it).
+Both classes keep :class:`~sparse_video_r1.serving.base.GenerateServer`, the coroutine the agent loop awaits on
+``server_manager.generate`` (see ``verl.workers.rollout.llm_server.LLMServerClient.generate``), and return a
+``TokenOutput`` shaped like the vLLM server's: the response tokens include the stop token, and ``stop_reason``
+is ``"completed"`` whether generation hit eos or ``max_tokens`` (vLLM maps both ``stop`` and ``length`` to it).
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from transformers import AutoProcessor, GenerationConfig, PreTrainedTokenizerBase, Qwen2_5_VLForConditionalGeneration
 from verl.workers.rollout.replica import TokenOutput
+
+from sparse_video_r1.serving.base import ImageRequest, ImageServer
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +72,7 @@ def _pad_runs(token_ids: torch.Tensor, pad_id: int) -> list[int]:
     return runs
 
 
-class TransformersServer:
+class TransformersServer(ImageServer):
     """Serves a local Qwen2.5-VL with ``model.generate``; one request at a time, off the event loop.
 
     Sampling is seeded from ``seed`` plus the order in which requests arrive, so a sequential rollout is
@@ -95,44 +97,15 @@ class TransformersServer:
         self._requests = itertools.count()
         self._lock = threading.Lock()
 
-    async def generate(
-        self,
-        request_id: str,
-        *,
-        prompt_ids: list[int],
-        sampling_params: dict[str, Any],
-        image_data: list | None = None,
-        video_data: Any = None,
-        audio_data: Any = None,
-        mm_processor_kwargs: dict[str, Any] | None = None,
-        **kwargs: Any,
-    ) -> TokenOutput:
+    async def serve(self, request: ImageRequest) -> TokenOutput:
         """Generate one response; ``prompt_ids`` carry one expanded ``<|image_pad|>`` run per image."""
-        if video_data or audio_data:
-            raise NotImplementedError("TransformersServer serves images only; send video frames as images")
-        params = SamplingParams.from_request(sampling_params)
+        params = SamplingParams.from_request(request.sampling_params)
         seed = self.seed + next(self._requests)  # taken on the event loop, so arrival order fixes it
-        return await asyncio.to_thread(
-            self._generate_locked,
-            request_id,
-            list(prompt_ids),
-            params,
-            list(image_data or []),
-            mm_processor_kwargs,
-            seed,
-        )
+        return await asyncio.to_thread(self._generate_locked, request, params, seed)
 
-    def _generate_locked(
-        self,
-        request_id: str,
-        prompt_ids: list[int],
-        params: SamplingParams,
-        images: list,
-        mm_processor_kwargs: dict[str, Any] | None,
-        seed: int,
-    ) -> TokenOutput:
+    def _generate_locked(self, request: ImageRequest, params: SamplingParams, seed: int) -> TokenOutput:
         with self._lock:
-            return self._generate_sync(request_id, prompt_ids, params, images, mm_processor_kwargs, seed)
+            return self._generate_sync(request, params, seed)
 
     def _vision_inputs(
         self, input_ids: torch.Tensor, images: list, mm_processor_kwargs: dict[str, Any] | None
@@ -161,17 +134,9 @@ class TransformersServer:
         return vision
 
     @torch.inference_mode()
-    def _generate_sync(
-        self,
-        request_id: str,
-        prompt_ids: list[int],
-        params: SamplingParams,
-        images: list,
-        mm_processor_kwargs: dict[str, Any] | None,
-        seed: int,
-    ) -> TokenOutput:
-        input_ids = torch.tensor([prompt_ids], dtype=torch.long, device=self.device)
-        vision = self._vision_inputs(input_ids, images, mm_processor_kwargs)
+    def _generate_sync(self, request: ImageRequest, params: SamplingParams, seed: int) -> TokenOutput:
+        input_ids = torch.tensor([request.prompt_ids], dtype=torch.long, device=self.device)
+        vision = self._vision_inputs(input_ids, request.images, request.mm_processor_kwargs)
         do_sample = params.temperature > 0
         config = GenerationConfig(
             max_new_tokens=params.max_tokens,
@@ -202,7 +167,9 @@ class TransformersServer:
                 torch.log_softmax(step[0].float(), dim=-1)[tok].item()
                 for step, tok in zip(out.scores, token_ids, strict=True)
             ]
-        logger.debug("request %s: %d prompt -> %d response tokens", request_id, len(prompt_ids), len(token_ids))
+        logger.debug(
+            "request %s: %d prompt -> %d response tokens", request.request_id, len(request.prompt_ids), len(token_ids)
+        )
         return TokenOutput(
             token_ids=token_ids, log_probs=log_probs, stop_reason="completed", extra_fields=dict(_CLIENT_EXTRA_FIELDS)
         )
@@ -212,7 +179,7 @@ class TransformersServer:
 ScriptPolicy = Callable[[list[int], int, str], str]
 
 
-class ScriptedServer:
+class ScriptedServer(ImageServer):
     """Replays scripted assistant turns as tokens, giving tests deterministic multi-turn dialogues.
 
     ``policy`` is either a callable or a list of texts that every request replays turn by turn;
@@ -238,24 +205,14 @@ class ScriptedServer:
 
         return policy
 
-    async def generate(
-        self,
-        request_id: str,
-        *,
-        prompt_ids: list[int],
-        sampling_params: dict[str, Any],
-        image_data: list | None = None,
-        video_data: Any = None,
-        audio_data: Any = None,
-        mm_processor_kwargs: dict[str, Any] | None = None,
-        **kwargs: Any,
-    ) -> TokenOutput:
+    async def serve(self, request: ImageRequest) -> TokenOutput:
         """Encode the policy's next text; truncate at ``max_tokens`` like a length stop would."""
-        params = SamplingParams.from_request(sampling_params)
-        turn = self._turns[request_id]
-        self._turns[request_id] += 1
-        self.prompts.append(list(prompt_ids))
-        token_ids = self.tokenizer.encode(self.policy(list(prompt_ids), turn, request_id), add_special_tokens=False)
+        params = SamplingParams.from_request(request.sampling_params)
+        turn = self._turns[request.request_id]
+        self._turns[request.request_id] += 1
+        self.prompts.append(list(request.prompt_ids))
+        text = self.policy(list(request.prompt_ids), turn, request.request_id)
+        token_ids = self.tokenizer.encode(text, add_special_tokens=False)
         if not token_ids or token_ids[-1] != self.tokenizer.eos_token_id:
             token_ids.append(self.tokenizer.eos_token_id)
         token_ids = token_ids[: params.max_tokens]

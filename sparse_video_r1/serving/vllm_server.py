@@ -29,6 +29,8 @@ from typing import Any, TypeVar
 from verl.workers.rollout.replica import TokenOutput
 from verl.workers.rollout.utils import get_vision_placeholder_token_ids, qwen2_5_vl_dedup_image_tokens
 
+from sparse_video_r1.serving.base import ImageRequest, ImageServer
+
 logger = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
@@ -58,8 +60,9 @@ class EngineStats:
         return stats
 
 
-class AsyncVLLMServer:
-    """Serves ``generate`` from a ``vllm.v1.engine.async_llm.AsyncLLM`` (or anything with its async ``generate``).
+class AsyncVLLMServer(ImageServer):
+    """A :class:`~sparse_video_r1.serving.base.GenerateServer` on a ``vllm.v1.engine.async_llm.AsyncLLM``
+    (or anything with its async ``generate``).
 
     The engine lives on its own event loop in a background thread, created there by ``make_engine``: vLLM
     prepares a request's images synchronously when it is added, and on the callers' loop that work would
@@ -177,30 +180,18 @@ class AsyncVLLMServer:
         if leftover:
             await asyncio.wait(leftover, timeout=10)
 
-    async def generate(
-        self,
-        request_id: str,
-        *,
-        prompt_ids: list[int],
-        sampling_params: dict[str, Any],
-        image_data: list | None = None,
-        video_data: Any = None,
-        audio_data: Any = None,
-        mm_processor_kwargs: dict[str, Any] | None = None,
-        **kwargs: Any,
-    ) -> TokenOutput:
+    async def serve(self, request: ImageRequest) -> TokenOutput:
         """Send one request to the engine and wait for its final output; ``prompt_ids`` carry expanded image pads."""
-        if video_data or audio_data:
-            raise NotImplementedError("AsyncVLLMServer serves images only; send video frames as images")
-        params, want_logprobs = self._sampling_params(len(prompt_ids), sampling_params)
+        prompt_ids = request.prompt_ids
+        params, want_logprobs = self._sampling_params(len(prompt_ids), request.sampling_params)
         prompt: dict[str, Any] = {"prompt_token_ids": qwen2_5_vl_dedup_image_tokens(list(prompt_ids), self.processor)}
-        if image_data:
-            prompt["multi_modal_data"] = {"image": list(image_data)}
-        if mm_processor_kwargs:
-            prompt["mm_processor_kwargs"] = mm_processor_kwargs
+        if request.images:
+            prompt["multi_modal_data"] = {"image": request.images}
+        if request.mm_processor_kwargs:
+            prompt["mm_processor_kwargs"] = request.mm_processor_kwargs
         # A dialogue sends all its turns under one id (verl routes them to one server by it); the engine
         # gets a fresh one per request, so a retried or overlapping turn can never collide with another.
-        engine_id = f"{request_id}-{next(self._request_numbers)}"
+        engine_id = f"{request.request_id}-{next(self._request_numbers)}"
         running = asyncio.run_coroutine_threadsafe(
             self._complete(prompt, params, engine_id, len(prompt_ids)), self._loop
         )

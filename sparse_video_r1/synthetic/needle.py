@@ -318,6 +318,8 @@ def compute_score(
     solution_str: str,
     ground_truth: str,
     extra_info: dict | None = None,
+    *,
+    proximity_weight: float = 0.0,
     **reward_kwargs: Any,
 ) -> dict[str, float]:
     """The standard reward plus where the dialogue looked: logged, and scored with ``proximity_weight``.
@@ -330,7 +332,7 @@ def compute_score(
     ``failure_score`` stands). verl merges those loop fields into ``extra_info`` at top level (see
     :mod:`sparse_video_r1.training.reward`).
     """
-    weight = float(reward_kwargs.pop("proximity_weight", 0.0))
+    weight = float(proximity_weight)
     scores = reward.compute_score(data_source, solution_str, ground_truth, extra_info, **reward_kwargs)
     info = extra_info or {}
     needle = Needle.from_extra_info(info)
@@ -459,10 +461,9 @@ def needle_traces(
                 times = [needle.time] if informed else rng.sample(unasked, count)
                 unasked = [t for t in unasked if t not in times]
                 turns.append(request_text(sorted(times)))
-                observation = episode.step(turns[-1])
-                if observation is None:
+                episode.play(turns[-1:])
+                if episode.done:
                     raise RuntimeError(f"{sample.qid}: {turns[-1]!r} ended the dialogue ({episode.stop_reason})")
-                episode.show(observation)
                 seen = any(needle.shows(frame.timestamp) for frame in episode.frames)
             turns.append(answer_text(colour if seen else None, rng.randrange(len(COLOURS))))
             traces.append({"extra_info": asdict(sample), "turns": turns, "card_seen": seen})

@@ -24,10 +24,12 @@ from uuid import uuid4
 
 from PIL import Image
 from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopMetrics, AgentLoopOutput
+from verl.utils.profiler import simple_timer
+from verl.utils.rollout_trace import rollout_trace_op
 
 from sparse_video_r1.env.config import DialogueConfig, from_mapping
-from sparse_video_r1.env.dialogue import Episode, Observation, StopReason, VideoQA
-from sparse_video_r1.env.frames import FrameSampler, TimedFrame, VideoError
+from sparse_video_r1.env.dialogue import Episode, Observation, VideoQA
+from sparse_video_r1.env.frames import FrameSampler, VideoError
 
 logger = logging.getLogger(__name__)
 
@@ -38,9 +40,6 @@ ANSWER_ROOM_TOKENS = 32
 
 #: Special tokens that only the environment may write: each stands for (part of) an image or video.
 VISION_SPECIAL_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
-
-#: The whole user turn of a failed sample whose question does not fit the prompt length even without frames.
-UNAVAILABLE_TEXT = "This sample could not be shown."
 
 
 @functools.lru_cache(maxsize=4)
@@ -56,16 +55,16 @@ def shared_environment(config: DialogueConfig) -> tuple[FrameSampler, ThreadPool
 
 @dataclass
 class _Tokens:
-    """The running token stream of one dialogue, as verl's Continuous Token helpers maintain it."""
+    """The running token stream of one dialogue, as verl's Continuous Token helpers maintain it.
+
+    The dialogue itself (its messages, the images shown, how it ended) is the :class:`Episode`'s.
+    """
 
     ids: list[int] = field(default_factory=list)
     response_mask: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
-    messages: list[dict[str, Any]] = field(default_factory=list)
-    images: list[Image.Image] = field(default_factory=list)
     #: The server's ``TokenOutput.extra_fields`` (weights version tags), kept as verl's own loops keep them.
     server_fields: dict[str, Any] = field(default_factory=dict)
-    vision_tokens_removed: int = 0
 
     def record_server_fields(self, fields: Mapping[str, Any]) -> None:
         """Keep the first turn's fields and the last turn's weights version, as verl's ``ToolAgentLoop`` does.
@@ -91,28 +90,32 @@ class SparseVideoAgentLoop(AgentLoopBase):
         self.end_of_turn_ids = _end_of_turn_ids(self.tokenizer)
         self.vision_token_ids = vision_token_ids(self.tokenizer)
 
-    async def run(self, sampling_params: dict[str, Any], **kwargs: Any) -> AgentLoopOutput:
+    @rollout_trace_op
+    async def run(self, sampling_params: dict[str, Any], priority: int = 0, **kwargs: Any) -> AgentLoopOutput:
+        # 1. The sample's dialogue, and the token stream that renders it.
         sample = VideoQA.from_extra_info(kwargs.get("extra_info") or {})
         episode = Episode(sample, self.dialogue, self.sampler)
         tokens = _Tokens()
         timing = {"generate_sequences": 0.0, "tool_calls": 0.0}
-        priority = int(kwargs.get("priority", 0))
+        # 2. Play it; a fault ends this sample (the episode records why), never the batch.
         try:
-            await self._play(episode, tokens, sampling_params, timing, priority)
+            await self._play(episode, tokens, sampling_params, timing, int(priority))
         except VideoError as error:
             logger.warning("sample %s: %s", sample.qid, error)
             episode.fail(error)
         except Exception as error:
             logger.exception("sample %s (%s) failed; it is kept with stop_reason=error", sample.qid, sample.video_path)
             episode.fail(error)
+        # 3. A sample that ended before its first turn still needs a prompt.
         if not tokens.ids:
             await self._open_without_video(episode, tokens)
+        # 4. The weights version of a sample that never reached the model.
         if tokens.server_fields.get("min_global_steps") is None and kwargs.get("global_steps") is not None:
-            # The sample never reached the model. verl's v1 sync trainer rolls out step k with the weights it
-            # synced after step k-1 (``update_weights(global_steps)`` at each step's end), so that is the
-            # version this sample would have used.
+            # verl's v1 sync trainer rolls out step k with the weights it synced after step k-1
+            # (``update_weights(global_steps)`` at each step's end), so that is the version this sample would have used.
             version = int(kwargs["global_steps"]) - 1
             tokens.server_fields.update(min_global_steps=version, max_global_steps=version)
+        # 5. verl's output.
         return self._output(episode, tokens, timing, want_logprobs=bool(sampling_params.get("logprobs")))
 
     async def _play(
@@ -123,48 +126,40 @@ class SparseVideoAgentLoop(AgentLoopBase):
         timing: dict[str, float],
         priority: int = 0,
     ) -> None:
+        """Turn the episode's dialogue into tokens and the model's tokens back into turns, until it ends."""
         messages = await self._in_pool(timing, episode.start)
         self._assert_mm_supported(True)
         ids = await self._initial_tokens(messages, episode.images)
+        episode.fit_opening(ids is not None)
         if ids is None:
-            episode.opening_too_long()
             return
-        tokens.ids, tokens.images, tokens.messages = ids, episode.images, messages
+        tokens.ids = ids
         request_id = uuid4().hex
         while not episode.done:
             room = self.response_length - len(tokens.response_mask)
             params = {**sampling_params, "max_tokens": min(self.dialogue.max_tokens_per_turn, room)}
-            started = time.perf_counter()
-            output = await self.server_manager.generate(
-                request_id=request_id,
-                prompt_ids=tokens.ids,
-                sampling_params=params,
-                image_data=list(tokens.images),
-                priority=priority,
-            )
-            timing["generate_sequences"] += time.perf_counter() - started
+            with simple_timer("generate_sequences", timing):
+                output = await self.server_manager.generate(
+                    request_id=request_id,
+                    prompt_ids=tokens.ids,
+                    sampling_params=params,
+                    image_data=episode.images,
+                    priority=priority,
+                )
             tokens.record_server_fields(output.extra_fields)
             token_ids, log_probs, removed = cut_at_vision_tokens(
                 output.token_ids, output.log_probs, self.vision_token_ids
             )
             await self._append_assistant(tokens, token_ids, log_probs)
-            text = self.tokenizer.decode(token_ids, skip_special_tokens=True)
-            tokens.messages = [*tokens.messages, {"role": "assistant", "content": text}]
-            if removed:
-                tokens.vision_tokens_removed += removed
-                episode.reject_turn("vision_tokens")
-                break
-            if not token_ids or token_ids[-1] not in self.end_of_turn_ids:
-                episode.cut_off()
-                break
-            observation = await self._in_pool(timing, episode.step, text)
-            if observation is None:
-                break
-            if await self._append_observation(tokens, observation):
-                episode.show(observation)
-                tokens.images.extend(observation.images)
-            else:
-                episode.stop(StopReason.CONTEXT_LIMIT)
+            judge = functools.partial(
+                episode.step,
+                self.tokenizer.decode(token_ids, skip_special_tokens=True),
+                truncated=not token_ids or token_ids[-1] not in self.end_of_turn_ids,
+                vision_tokens=removed,
+            )
+            observation = await self._in_pool(timing, judge)
+            if observation is not None:
+                episode.show(observation, fits=await self._append_observation(tokens, episode.messages, observation))
 
     async def _append_assistant(self, tokens: _Tokens, token_ids: list[int], log_probs: list[float] | None) -> None:
         keep_logprobs = bool(tokens.logprobs or log_probs)
@@ -178,20 +173,20 @@ class SparseVideoAgentLoop(AgentLoopBase):
         tokens.ids, tokens.response_mask = merged.token_ids, mask
         tokens.logprobs = logprobs or []
 
-    async def _append_observation(self, tokens: _Tokens, observation: Observation) -> bool:
-        """Append the user turn with the new frames; refuse (return False) if it would overflow the context.
+    async def _append_observation(
+        self, tokens: _Tokens, messages: list[dict[str, Any]], observation: Observation
+    ) -> bool:
+        """Append the user turn with the new frames after ``messages``; refuse (False) if it would overflow.
 
         A multimodal context is never truncated: cutting through image placeholders breaks the
-        image-feature alignment, so the dialogue ends instead.
+        image-feature alignment, so the episode ends instead (:meth:`Episode.show`).
         """
-        updated = [*tokens.messages, observation.message]
         merged, mask, logprobs = await self.ct_merge_context_msg(
-            tokens.messages, updated, tokens.ids, tokens.response_mask, tokens.logprobs or None
+            messages, [*messages, observation.message], tokens.ids, tokens.response_mask, tokens.logprobs or None
         )
         if len(mask) + ANSWER_ROOM_TOKENS > self.response_length:
             return False
         tokens.ids, tokens.response_mask, tokens.logprobs = merged.token_ids, mask, logprobs or []
-        tokens.messages = updated
         return True
 
     async def _initial_tokens(self, messages: list[dict[str, Any]], images: list[Image.Image]) -> list[int] | None:
@@ -212,15 +207,9 @@ class SparseVideoAgentLoop(AgentLoopBase):
         concatenate ``multi_modal_inputs`` across a micro-batch. A question too long for the prompt even
         without frames is left out, so one oversized row cannot fail the whole batch.
         """
-        side = _blank_side(self.dialogue.min_pixels)
-        placeholder = TimedFrame(timestamp=0.0, index=0, image=Image.new("RGB", (side, side)))
-        tokens.images = [placeholder.image]
-        tokens.messages = episode.opening_messages([placeholder])
-        ids = await self._initial_tokens(tokens.messages, tokens.images)
+        ids = await self._initial_tokens(episode.open_blank(), episode.images)
         if ids is None:
-            content = [{"type": "image", "image": placeholder.image}, {"type": "text", "text": UNAVAILABLE_TEXT}]
-            tokens.messages = [{"role": "user", "content": content}]
-            ids = await self._initial_tokens(tokens.messages, tokens.images)
+            ids = await self._initial_tokens(episode.open_blank(with_question=False), episode.images)
         if ids is None:
             raise ValueError(
                 f"rollout.prompt_length={self.rollout_config.prompt_length} cannot hold even one blank frame; raise it"
@@ -245,21 +234,25 @@ class SparseVideoAgentLoop(AgentLoopBase):
             logprobs = [0.0] if want_logprobs else []
         summary = {**tokens.server_fields, **episode.summary()}
         summary["env_seconds"] = timing["tool_calls"]
-        summary["vision_tokens_removed"] = tokens.vision_tokens_removed
-        observations = sum(1 for message in tokens.messages[2:] if message["role"] == "user")
+        summary["vision_tokens_removed"] = episode.vision_tokens_removed
+        observations = sum(1 for message in episode.messages[2:] if message["role"] == "user")
         return AgentLoopOutput(
             prompt_ids=prompt_ids,
             response_ids=response_ids[: self.response_length],
             response_mask=response_mask[: self.response_length],
             response_logprobs=logprobs[: self.response_length] if logprobs else None,
-            multi_modal_data={"images": tokens.images},
+            multi_modal_data={"images": episode.images},
             num_turns=1 + episode.turns + observations,
             metrics=AgentLoopMetrics(**timing),
             extra_fields=summary,
         )
 
     async def _in_pool(self, timing: dict[str, float], fn: Callable[..., _T], *args: Any) -> _T:
-        """Run blocking environment work (decoding, resizing) off the event loop, timing it."""
+        """Run blocking environment work (decoding, resizing) off the event loop, timing it as ``tool_calls``.
+
+        Timed by hand, not with verl's ``simple_timer``: that drops the time of a block that raises, and the
+        time a failed decode took (a timeout) is what ``env_seconds`` must show.
+        """
         started = time.perf_counter()
         try:
             return await asyncio.get_running_loop().run_in_executor(self.decode_pool, fn, *args)
@@ -308,10 +301,3 @@ def _end_of_turn_ids(tokenizer: Any) -> frozenset[int]:
         if isinstance(token_id, int) and token_id != tokenizer.unk_token_id:
             ids.add(token_id)
     return frozenset(i for i in ids if i is not None)
-
-
-def _blank_side(min_pixels: int) -> int:
-    side = 28
-    while side * side < min_pixels:
-        side += 28
-    return side

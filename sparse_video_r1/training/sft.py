@@ -124,22 +124,11 @@ def replay(trace: Trace, config: DialogueConfig, sampler: FrameSampler) -> tuple
     ``config`` is the run's dialogue; the trace's own overrides apply on top of it.
     """
     episode = Episode(trace.sample, trace.config(config), sampler)
-    messages = episode.start()
-    for index, text in enumerate(trace.turns):
-        messages.append({"role": "assistant", "content": text})
-        observation = episode.step(text)
-        if observation is None:
-            if index != len(trace.turns) - 1:
-                raise ValueError(
-                    f"trace of {trace.sample.qid!r} ended at turn {index + 1} ({episode.stop_reason}) "
-                    f"but has {len(trace.turns)} turns"
-                )
-            break
-        episode.show(observation)
-        messages.append(observation.message)
-    else:
+    episode.start()
+    episode.play(trace.turns)
+    if not episode.done:
         raise ValueError(f"trace of {trace.sample.qid!r} does not end with an answer")
-    return messages, episode.images
+    return episode.messages, episode.images
 
 
 def encode_dialogue(processor: Any, messages: list[dict[str, Any]], images: list[Any]) -> dict[str, torch.Tensor]:

@@ -26,6 +26,7 @@ from verl.utils.dataset.rl_dataset import RLHFDataset
 from verl.utils.tokenizer import hf_processor, hf_tokenizer
 
 from sparse_video_r1.env.config import DialogueConfig
+from sparse_video_r1.serving.base import GenerateServer
 from sparse_video_r1.training.agent_loop import SparseVideoAgentLoop
 
 
@@ -39,7 +40,7 @@ class Turn:
 
 def make_agent_loop(
     model_path: str | Path,
-    server: Any,
+    server: GenerateServer,
     dialogue: DialogueConfig,
     *,
     prompt_length: int = 2048,
