@@ -6,6 +6,7 @@ a relative ``video`` is relative to the JSONL's folder, so a dataset folder can 
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -34,26 +35,15 @@ def read_jsonl(path: Path, split: str, *, skip_bad_rows: bool = False, source: s
     if not path.is_file():
         raise FileNotFoundError(f"JSONL file not found: {path}")
     source = source or path.stem
-    bad = BadRows(path, skip_bad_rows)
-    records: list[VideoQARecord] = []
-    seen: set[str] = set()
-    rows_read = 0
     with path.open("rb") as f:
-        for line_no, raw in enumerate(f, start=1):
-            if not raw.strip():
-                continue
-            rows_read += 1
-            try:
-                record = _parse_line(raw, line_no, path.parent, source, split)
-                if record.qid in seen:
-                    raise RowProblem(Reason.DUPLICATE_QID, f"id {record.qid!r} already used")
-            except RowProblem as problem:
-                bad.report(line_no, problem)
-                continue
-            seen.add(record.qid)
-            records.append(record)
-    logger.info("%s: %d rows read, %d valid, skipped %s", path, rows_read, len(records), dict(bad.counts))
-    return SplitRecords(split, path, records, rows_read, dict(bad.counts))
+        rows = (
+            (line_no, functools.partial(_parse_line, raw, line_no, path.parent, source, split))
+            for line_no, raw in enumerate(f, start=1)
+            if raw.strip()
+        )
+        return SplitRecords.collect(
+            split, BadRows(path, skip_bad_rows), rows, lambda record: f"id {record.qid!r} already used"
+        )
 
 
 def _parse_line(raw: bytes, line_no: int, base: Path, source: str, split: str) -> VideoQARecord:

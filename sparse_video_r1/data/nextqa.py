@@ -8,6 +8,7 @@ The release unzips to ``map_vid_vidorID.json`` (video id -> ``"dir/id"``), ``nex
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import logging
 import re
@@ -100,29 +101,21 @@ def read_nextqa_split(root: Path, split: str, *, skip_bad_rows: bool = False) ->
     root = Path(root).expanduser().resolve()
     video_map = load_video_map(locate_map(root))
     path = locate_split_csv(root, split)
-    bad = BadRows(path, skip_bad_rows)
-    records: list[VideoQARecord] = []
-    seen: set[str] = set()
-    rows_read = 0
     # surrogateescape keeps undecodable bytes as lone surrogates, so one bad row is reported with its line
     # number instead of aborting the whole read (and csv's line count stays exact).
     with path.open(encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
         rows = _numbered_rows(f, path)
         first = next(rows, None)
         columns = _read_header(first[1] if first else None, path)
-        for line, fields in rows:
-            rows_read += 1
-            try:
-                record = _parse_row(fields, columns, root, video_map, split)
-                if record.qid in seen:
-                    raise RowProblem(Reason.DUPLICATE_QID, f"video {record.video_id} already has this qid")
-            except RowProblem as problem:
-                bad.report(line, problem)
-                continue
-            seen.add(record.qid)
-            records.append(record)
-    logger.info("%s: %d rows read, %d valid, skipped %s", path, rows_read, len(records), dict(bad.counts))
-    return SplitRecords(split, path, records, rows_read, dict(bad.counts))
+        parsers = (
+            (line, functools.partial(_parse_row, fields, columns, root, video_map, split)) for line, fields in rows
+        )
+        return SplitRecords.collect(
+            split,
+            BadRows(path, skip_bad_rows),
+            parsers,
+            lambda record: f"video {record.video_id} already has this qid",
+        )
 
 
 def _read_header(header: list[str] | None, path: Path) -> dict[str, int]:

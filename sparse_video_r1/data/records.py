@@ -10,7 +10,7 @@ import enum
 import logging
 import os
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -150,6 +150,33 @@ class SplitRecords:
     records: list[VideoQARecord]
     rows_read: int
     skipped: dict[str, int]
+
+    @classmethod
+    def collect(
+        cls,
+        split: str,
+        bad: BadRows,
+        rows: Iterable[tuple[int, Callable[[], VideoQARecord]]],
+        repeated: Callable[[VideoQARecord], str],
+    ) -> SplitRecords:
+        """Parse ``rows`` (line number, parser) of ``bad.path``; a bad row or a repeated qid (``repeated`` says
+        what was repeated) is reported to ``bad``."""
+        records: list[VideoQARecord] = []
+        seen: set[str] = set()
+        rows_read = 0
+        for line, parse in rows:
+            rows_read += 1
+            try:
+                record = parse()
+                if record.qid in seen:
+                    raise RowProblem(Reason.DUPLICATE_QID, repeated(record))
+            except RowProblem as problem:
+                bad.report(line, problem)
+                continue
+            seen.add(record.qid)
+            records.append(record)
+        logger.info("%s: %d rows read, %d valid, skipped %s", bad.path, rows_read, len(records), dict(bad.counts))
+        return cls(split, bad.path, records, rows_read, dict(bad.counts))
 
 
 def to_verl_row(record: VideoQARecord, index: int) -> dict[str, Any]:

@@ -50,7 +50,7 @@ from typing import Any
 from PIL import Image
 
 from sparse_video_r1.env import protocol
-from sparse_video_r1.env.config import DialogueConfig
+from sparse_video_r1.env.config import DialogueRules
 from sparse_video_r1.env.frames import (
     DecodeTimeoutError,
     FrameSampler,
@@ -136,7 +136,7 @@ class Episode:
     """State of one dialogue. ``start`` opens it; ``step`` judges a model turn; ``show`` commits frames."""
 
     sample: VideoQA
-    config: DialogueConfig
+    config: DialogueRules
     sampler: FrameSampler
     info: VideoInfo | None = None
     frames: list[TimedFrame] = field(default_factory=list)
