@@ -21,8 +21,8 @@ setup(
         "pandas",
         "pyarrow",
         "tqdm",
-        # PyAV decodes the frames (frames.py) and writes generated videos; 19.0.2 rejects
-        # av.open(metadata_errors=...), which frames.py passes.
+        # PyAV decodes the frames (env/frames/decoder.py) and writes generated videos; 19.0.2 rejects
+        # av.open(metadata_errors=...), which the decoder passes.
         "av>=14,<19",
         "matplotlib",  # evaluation plots, training curves
         # The template's default tracker (trainer.logger [console, tensorboard]) and the curves tool read/write

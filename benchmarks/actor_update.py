@@ -128,7 +128,11 @@ def build_batch(settings: Settings, work: Path) -> Any:
     from sparse_video_r1.training.standalone import make_agent_loop, run_dialogues, to_training_batch
 
     rows = needle.write_split(
-        work / "videos", "bench", settings.questions, random.Random(settings.seed), needle.DIALOGUE.initial_frames
+        work / "videos",
+        "bench",
+        settings.questions,
+        random.Random(settings.seed),
+        needle.DIALOGUE.dialogue.initial_frames,
     )
     extra_infos = [row["extra_info"] for row in rows for _ in range(settings.group)]
     tokenizer, processor = hf_tokenizer(settings.model), hf_processor(settings.model)

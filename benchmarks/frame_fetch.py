@@ -63,12 +63,12 @@ from common import (
 from PIL import Image
 from qwen_vl_utils import smart_resize
 
-from sparse_video_r1.env.config import IMAGE_FACTOR, DialogueConfig
+from sparse_video_r1.env.config import IMAGE_FACTOR, DecodingConfig
 from sparse_video_r1.env.frames import FrameSampler, VideoInfo, frame_index, resize_to_budget
 from sparse_video_r1.synthetic.videos import write_index_video
 
 SECONDS = (30, 60, 90)
-BUDGET = DialogueConfig()  # the training defaults: 16-128 visual tokens per frame
+BUDGET = DecodingConfig()  # the training defaults: 16-128 visual tokens per frame
 #: The size frames come out at under that budget (height, width).
 OUT_HEIGHT, OUT_WIDTH = smart_resize(
     HEIGHT, WIDTH, factor=IMAGE_FACTOR, min_pixels=BUDGET.min_pixels, max_pixels=BUDGET.max_pixels

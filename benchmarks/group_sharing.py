@@ -41,11 +41,11 @@ from common import (
     write_outputs,
 )
 
-from sparse_video_r1.env.config import DialogueConfig
+from sparse_video_r1.env.config import DecodingConfig
 from sparse_video_r1.env.frames import FrameSampler, frame_index
 
 SECONDS = (30, 60, 90)
-BUDGET = DialogueConfig()
+BUDGET = DecodingConfig()
 
 Turn = list[tuple[float, ...]]  # one request (timestamps) per rollout
 

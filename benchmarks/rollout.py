@@ -51,7 +51,7 @@ import profile_summary
 from common import model_or_tiny  # benchmarks/ is a folder of scripts
 from verl.workers.rollout.replica import TokenOutput
 
-from sparse_video_r1.env.config import DialogueConfig
+from sparse_video_r1.env.config import DecodingConfig, DialogueRules, SparseVideoConfig
 from sparse_video_r1.env.frames import FrameSampler, uniform_timestamps
 from sparse_video_r1.synthetic.videos import write_index_video
 from sparse_video_r1.training.standalone import make_agent_loop
@@ -77,7 +77,7 @@ class Settings:
     warmup: int
     repeats: int
     seed: int
-    decode_workers: int = DialogueConfig.decode_workers
+    decode_workers: int = DecodingConfig.decode_workers
     #: vLLM without CUDA graphs (faster start); verl's rollout default captures them (``enforce_eager: False``).
     enforce_eager: bool = True
     #: Where to write a py-spy profile of the timed batches (this process and the vLLM engine's), if anywhere.
@@ -204,26 +204,20 @@ def request_script(duration: float, initial: int, requested: int, seed: int) -> 
     return script
 
 
-def dialogue_configs(settings: Settings) -> dict[str, DialogueConfig]:
+def dialogue_configs(settings: Settings) -> dict[str, SparseVideoConfig]:
     total = settings.initial_frames + settings.requested_frames
-    return {
-        "adaptive": DialogueConfig(
-            initial_frames=settings.initial_frames,
-            max_frames_per_request=settings.requested_frames,
-            max_total_frames=total,
-            max_turns=3,
-            max_tokens_per_turn=256,
-            decode_workers=settings.decode_workers,
-        ),
-        "single_turn": DialogueConfig(
-            initial_frames=total,
-            max_frames_per_request=0,
-            max_total_frames=total,
-            max_turns=1,
-            max_tokens_per_turn=256,
-            decode_workers=settings.decode_workers,
-        ),
-    }
+    decoding = DecodingConfig(decode_workers=settings.decode_workers)
+    adaptive = DialogueRules(
+        initial_frames=settings.initial_frames,
+        max_frames_per_request=settings.requested_frames,
+        max_total_frames=total,
+        max_turns=3,
+        max_tokens_per_turn=256,
+    )
+    single = DialogueRules(
+        initial_frames=total, max_frames_per_request=0, max_total_frames=total, max_turns=1, max_tokens_per_turn=256
+    )
+    return {"adaptive": SparseVideoConfig(adaptive, decoding), "single_turn": SparseVideoConfig(single, decoding)}
 
 
 def write_videos(settings: Settings, folder: Path) -> list[Path]:
@@ -348,7 +342,7 @@ def run(settings: Settings, work: Path) -> dict[str, Any]:
     configs = dialogue_configs(settings)
     prompt_length, response_length = 2048, 1024
     server = make_server(
-        settings, max(c.max_images_per_prompt() for c in configs.values()), prompt_length, response_length
+        settings, max(c.dialogue.max_images_per_prompt() for c in configs.values()), prompt_length, response_length
     )
     try:
         return play_methods(settings, server, configs, videos, prompt_length, response_length)
@@ -361,7 +355,7 @@ def run(settings: Settings, work: Path) -> dict[str, Any]:
 def play_methods(
     settings: Settings,
     server: Any,
-    configs: dict[str, DialogueConfig],
+    configs: dict[str, SparseVideoConfig],
     videos: Sequence[Path],
     prompt_length: int,
     response_length: int,
@@ -534,7 +528,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=8, help="untimed dialogues per method first")
     parser.add_argument("--repeats", type=int, default=1, help="timed batches per (size, method); medians reported")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--decode-workers", type=int, default=DialogueConfig.decode_workers)
+    parser.add_argument("--decode-workers", type=int, default=DecodingConfig.decode_workers)
     parser.add_argument("--enforce-eager", choices=("on", "off"), default="on", help="off: CUDA graphs, as verl")
     parser.add_argument("--profile", action="store_true", help="py-spy the timed batches: OUT/profile_<name>.txt")
     args = parser.parse_args(argv)

@@ -31,7 +31,7 @@ import ray
 import transfer_queue as tq
 from hydra import compose, initialize_config_dir
 
-from sparse_video_r1.env.config import DialogueConfig
+from sparse_video_r1.env.config import DecodingConfig, DialogueRules, SparseVideoConfig
 from sparse_video_r1.env.dialogue import VideoQA
 from sparse_video_r1.env.frames import FrameSampler
 from sparse_video_r1.serving.hf_server import TransformersServer
@@ -43,14 +43,9 @@ from sparse_video_r1.training.sft import SFTConfig, synthetic_traces, train
 from sparse_video_r1.training.standalone import make_agent_loop
 
 ROOT = Path(__file__).resolve().parents[1]
-DIALOGUE = DialogueConfig(
-    initial_frames=4,
-    max_frames_per_request=3,
-    max_total_frames=10,
-    max_turns=3,
-    max_tokens_per_turn=96,
-    min_pixels=3136,
-    max_pixels=12544,
+DIALOGUE = SparseVideoConfig(
+    DialogueRules(initial_frames=4, max_frames_per_request=3, max_total_frames=10, max_turns=3, max_tokens_per_turn=96),
+    DecodingConfig(min_pixels=3136, max_pixels=12544),
 )
 LENGTH = 1536
 logger = logging.getLogger("example")
@@ -71,9 +66,11 @@ def prepare(work: Path, videos: int, sft_epochs: int, copies: int) -> tuple[Path
     rows = [row for split in splits for row in pq.read_table(work / "data" / f"{split}.parquet").to_pylist()]
     # Uninformed protocol traces (random requests), as `python -m sparse_video_r1.training.sft make-traces` writes them.
     questions = [VideoQA.from_extra_info(row["extra_info"]) for row in rows]
-    sampler = FrameSampler.from_config(DIALOGUE)
+    sampler = FrameSampler.from_config(DIALOGUE.decoding)
     durations = [sampler.info(question.video_path).duration for question in questions]
-    traces = synthetic_traces(questions * copies, durations * copies, DIALOGUE, seed=1, request_probability=0.8)
+    traces = synthetic_traces(
+        questions * copies, durations * copies, DIALOGUE.dialogue, seed=1, request_probability=0.8
+    )
     (work / "traces.jsonl").write_text("".join(json.dumps(trace) + "\n" for trace in traces))
     config = SFTConfig(str(model), str(work / "traces.jsonl"), str(work / "sft"), epochs=sft_epochs, lr=1e-3)
     train(config, DIALOGUE)
@@ -93,13 +90,8 @@ def training_config(model: Path, out: Path, n: int):
         "ROLLOUT_N": str(n),
         "PROMPT_LENGTH": str(LENGTH),
         "RESPONSE_LENGTH": str(LENGTH),
-        "INITIAL_FRAMES": str(DIALOGUE.initial_frames),
-        "FRAMES_PER_REQUEST": str(DIALOGUE.max_frames_per_request),
-        "MAX_FRAMES": str(DIALOGUE.max_total_frames),
-        "MAX_TURNS": str(DIALOGUE.max_turns),
-        "MAX_PIXELS": str(DIALOGUE.max_pixels),
     }
-    extra = [f"sparse_video.{key}={getattr(DIALOGUE, key)}" for key in ("max_tokens_per_turn", "min_pixels")]
+    extra = DIALOGUE.hydra_overrides()  # after the template's own dialogue overrides, so these win
     template = ROOT / "scripts/run_qwen2_5_vl_template.sh"
     printed = subprocess.run(["bash", str(template), *extra], env=env, capture_output=True, text=True, check=True)
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base=None):
@@ -147,7 +139,7 @@ def main() -> None:
     scalars = curves.read_run(out / "tensorboard")
     curves.plot_curves(scalars, out / "curves.png", smooth=3, title="CPU example (no updates: one policy sampled)")
     viewer.render_rollouts(
-        out / "rollouts", args.steps, out / f"step_{args.steps}.html", limit=64, max_pixels=DIALOGUE.max_pixels
+        out / "rollouts", args.steps, out / f"step_{args.steps}.html", limit=64, max_pixels=DIALOGUE.decoding.max_pixels
     )
     logger.info("wrote %s", out)
 

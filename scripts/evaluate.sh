@@ -20,10 +20,11 @@ MODEL_PATH=${MODEL_PATH:-Qwen/Qwen2.5-VL-3B-Instruct}
 ROLLOUT_TP=${ROLLOUT_TP:-1}                       # vLLM tensor parallel size
 GPU_MEMORY_UTILIZATION=${GPU_MEMORY_UTILIZATION:-0.8}
 
-# The dialogue (sparse_video_r1.env.config.DialogueConfig): frames, turns and the per-frame pixel budget.
+# The dialogue (sparse_video_r1.env.config.DialogueRules, DecodingConfig): frames, turns and the per-frame pixel
+# budget. Each variable is its field's name in capitals.
 INITIAL_FRAMES=${INITIAL_FRAMES:-4}
-FRAMES_PER_REQUEST=${FRAMES_PER_REQUEST:-4}
-MAX_FRAMES=${MAX_FRAMES:-16}
+MAX_FRAMES_PER_REQUEST=${MAX_FRAMES_PER_REQUEST:-4}
+MAX_TOTAL_FRAMES=${MAX_TOTAL_FRAMES:-16}
 MAX_TURNS=${MAX_TURNS:-4}
 MAX_PIXELS=${MAX_PIXELS:-100352}                  # 128 visual tokens per frame
 PROMPT_LENGTH=${PROMPT_LENGTH:-}                  # empty: fits the largest opening prompt (uniform_32's 32 frames)
@@ -47,8 +48,8 @@ command=(
   --uniform "$UNIFORM"
   --temperature "$TEMPERATURE"
   --initial-frames "$INITIAL_FRAMES"
-  --max-frames-per-request "$FRAMES_PER_REQUEST"
-  --max-total-frames "$MAX_FRAMES"
+  --max-frames-per-request "$MAX_FRAMES_PER_REQUEST"
+  --max-total-frames "$MAX_TOTAL_FRAMES"
   --max-turns "$MAX_TURNS"
   --max-pixels "$MAX_PIXELS"
   --response-length "$RESPONSE_LENGTH"

@@ -475,10 +475,10 @@ def main(argv: list[str] | None = None) -> int:
             "hypothesis": hypothesis.__version__,
             "av": av.__version__,
         },
-        # The sampler is under active work: this names the exact frames.py and protocol.py that were fuzzed.
+        # The sampler is under active work: this names the exact frame modules and protocol.py that were fuzzed.
         "sha256": {
             module.__name__: hashlib.sha256(Path(module.__file__).read_bytes()).hexdigest()
-            for module in (frames, protocol)
+            for module in (frames.common, frames.decoder, frames.readers, frames.sampler, protocol)
         },
         "parser": parser_report,
         "sampler": sampler_report,

@@ -26,10 +26,11 @@ MICRO_BATCH_PER_GPU=${MICRO_BATCH_PER_GPU:-2}
 LR=${LR:-1e-6}
 TOTAL_EPOCHS=${TOTAL_EPOCHS:-1}
 
-# The dialogue (sparse_video_r1.env.config.DialogueConfig): frames, turns and the per-frame pixel budget.
+# The dialogue (sparse_video_r1.env.config.DialogueRules, DecodingConfig): frames, turns and the per-frame pixel
+# budget. Each variable is its field's name in capitals.
 INITIAL_FRAMES=${INITIAL_FRAMES:-4}
-FRAMES_PER_REQUEST=${FRAMES_PER_REQUEST:-4}
-MAX_FRAMES=${MAX_FRAMES:-16}
+MAX_FRAMES_PER_REQUEST=${MAX_FRAMES_PER_REQUEST:-4}
+MAX_TOTAL_FRAMES=${MAX_TOTAL_FRAMES:-16}
 MAX_TURNS=${MAX_TURNS:-4}
 MAX_PIXELS=${MAX_PIXELS:-100352}                  # 128 visual tokens per frame
 PROMPT_LENGTH=${PROMPT_LENGTH:-1536}
@@ -74,11 +75,11 @@ overrides=(
   "actor_rollout_ref.rollout.prompt_length=${PROMPT_LENGTH}"
   "actor_rollout_ref.rollout.response_length=${RESPONSE_LENGTH}"
   "actor_rollout_ref.rollout.agent.agent_loop_config_path=${ROOT}/configs/agent_loops.yaml"
-  "sparse_video.initial_frames=${INITIAL_FRAMES}"
-  "sparse_video.max_frames_per_request=${FRAMES_PER_REQUEST}"
-  "sparse_video.max_total_frames=${MAX_FRAMES}"
-  "sparse_video.max_turns=${MAX_TURNS}"
-  "sparse_video.max_pixels=${MAX_PIXELS}"
+  "sparse_video.dialogue.initial_frames=${INITIAL_FRAMES}"
+  "sparse_video.dialogue.max_frames_per_request=${MAX_FRAMES_PER_REQUEST}"
+  "sparse_video.dialogue.max_total_frames=${MAX_TOTAL_FRAMES}"
+  "sparse_video.dialogue.max_turns=${MAX_TURNS}"
+  "sparse_video.decoding.max_pixels=${MAX_PIXELS}"
   "reward.custom_reward_function.reward_kwargs.frame_cost=${FRAME_COST}"
   "trainer.n_gpus_per_node=${N_GPUS}"
   "trainer.nnodes=${NNODES}"

@@ -18,6 +18,7 @@ from verl.experimental.agent_loop.agent_loop import AgentLoopOutput, DictConfigW
 from verl.utils.dataset.rl_dataset import RLHFDataset
 from verl.utils.tokenizer import hf_processor, hf_tokenizer
 
+from sparse_video_r1.env.config import SparseVideoConfig
 from sparse_video_r1.env.dialogue import StopReason
 from sparse_video_r1.serving.hf_server import ScriptedServer, TransformersServer
 from sparse_video_r1.synthetic.videos import read_frame_index
@@ -43,9 +44,21 @@ def trainer_config(model_dir: Path, *, prompt_length: int = 1024, response_lengt
                 "model": {"path": str(model_dir)},
             },
             "data": {"apply_chat_template_kwargs": {}, "mm_processor_kwargs": {}},
-            "sparse_video": {"initial_frames": 2, "max_frames_per_request": 2, "max_total_frames": 6, **dialogue},
+            "sparse_video": sparse_video(
+                **{"initial_frames": 2, "max_frames_per_request": 2, "max_total_frames": 6, **dialogue}
+            ),
         }
     )
+
+
+def sparse_video(**flat: Any) -> dict[str, dict[str, Any]]:
+    """The ``sparse_video`` mapping with each flat field put in its section (tests name fields, not sections)."""
+    sections = SparseVideoConfig().__dataclass_fields__
+    nested: dict[str, dict[str, Any]] = {name: {} for name in sections}
+    for key, value in flat.items():
+        (section,) = [name for name, spec in sections.items() if key in spec.default_factory.__dataclass_fields__]
+        nested[section][key] = value
+    return nested
 
 
 def make_loop(model_dir: Path, tokenizer_and_processor, server, **config: Any) -> SparseVideoAgentLoop:

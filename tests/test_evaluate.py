@@ -17,7 +17,7 @@ from verl.utils.tokenizer import hf_tokenizer
 
 from sparse_video_r1.data import preprocess_split, read_nextqa_split
 from sparse_video_r1.data.nextqa import QUESTION_GROUPS
-from sparse_video_r1.env.config import DialogueConfig
+from sparse_video_r1.env.config import DecodingConfig, DialogueRules, SparseVideoConfig
 from sparse_video_r1.serving.hf_server import ScriptedServer
 from sparse_video_r1.synthetic.nextqa import write_nextqa_like_release
 from sparse_video_r1.tools import eval_report, evaluate
@@ -123,13 +123,13 @@ def test_cli_with_the_tiny_model_writes_every_method_metric_and_setting(tiny_mod
         assert set(method["metrics"]) == METRICS, name
         assert method["metrics"]["n"] == 3
         assert sum(method["metrics"]["stop_reasons"].values()) == 3
-        assert method["dialogue"]["max_pixels"] == 128 * 28 * 28
-        assert method["dialogue"]["max_visual_tokens_per_frame"] == 128
-        assert method["dialogue"]["max_tokens_per_turn"] == 24
+        assert method["settings"]["decoding"]["max_pixels"] == 128 * 28 * 28
+        assert method["settings"]["decoding"]["max_visual_tokens_per_frame"] == 128
+        assert method["settings"]["dialogue"]["max_tokens_per_turn"] == 24
         assert len(record_lines(out, name)) == 3
-    adaptive = results["methods"]["adaptive"]["dialogue"]
+    adaptive = results["methods"]["adaptive"]["settings"]["dialogue"]
     assert (adaptive["initial_frames"], adaptive["max_total_frames"], adaptive["allows_requests"]) == (2, 6, True)
-    uniform = results["methods"]["uniform_4"]["dialogue"]
+    uniform = results["methods"]["uniform_4"]["settings"]["dialogue"]
     assert (uniform["initial_frames"], uniform["max_total_frames"], uniform["max_turns"]) == (4, 4, 1)
     assert not uniform["allows_requests"]
     # The tiny random model rarely answers, but every uniform_4 dialogue saw exactly 4 frames.
@@ -268,19 +268,22 @@ def test_summarize_hand_made_records():
 
 
 def test_baselines_are_single_turn_with_n_frames_and_share_the_other_settings():
-    adaptive = DialogueConfig(initial_frames=4, max_total_frames=16, max_turns=4, max_pixels=200704)
+    adaptive = SparseVideoConfig(
+        DialogueRules(initial_frames=4, max_total_frames=16, max_turns=4), DecodingConfig(max_pixels=200704)
+    )
     methods = evaluate.build_methods(adaptive, [8, 32])
     assert [m.name for m in methods] == ["adaptive", "uniform_8", "uniform_32"]
     baseline = methods[2].dialogue
     assert (baseline.initial_frames, baseline.max_total_frames, baseline.max_turns) == (32, 32, 1)
-    assert baseline.max_pixels == 200704 and not baseline.allows_requests
+    assert not baseline.allows_requests
+    assert all(m.config.decoding == adaptive.decoding for m in methods)  # so they share one frame sampler
     assert evaluate.default_prompt_length(methods) == 1024 + 32 * (256 + 16)
     with pytest.raises(ValueError, match="nothing to evaluate"):
         evaluate.build_methods(adaptive, [], with_adaptive=False)
 
 
 def test_the_evaluate_template_passes_flags_the_cli_accepts(tmp_path):
-    env = script_env(PRINT_COMMAND="1", DATA_DIR=str(tmp_path), MODEL_PATH="m", MAX_FRAMES="12")
+    env = script_env(PRINT_COMMAND="1", DATA_DIR=str(tmp_path), MODEL_PATH="m", MAX_TOTAL_FRAMES="12")
     printed = subprocess.run(
         ["bash", str(ROOT / "scripts" / "evaluate.sh"), "--limit", "5"], env=env, capture_output=True, text=True
     )

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from sparse_video_r1.env.config import IMAGE_FACTOR, DialogueConfig
+from sparse_video_r1.env.config import IMAGE_FACTOR, DecodingConfig
 from sparse_video_r1.env.frames import FrameSampler
 from sparse_video_r1.synthetic.videos import read_frame_index, write_index_video
 
@@ -94,6 +94,6 @@ def test_the_cache_stays_within_its_byte_bound(clip: Path) -> None:
 
 
 def test_the_config_sets_the_cache_size() -> None:
-    assert FrameSampler.from_config(DialogueConfig(frame_cache_mb=0)).cached_frames == (0, 0)
+    assert FrameSampler.from_config(DecodingConfig(frame_cache_mb=0)).cached_frames == (0, 0)
     with pytest.raises(ValueError, match="frame_cache_mb"):
-        DialogueConfig(frame_cache_mb=-1)
+        DecodingConfig(frame_cache_mb=-1)

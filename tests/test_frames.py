@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from sparse_video_r1.env import frames
-from sparse_video_r1.env.config import IMAGE_FACTOR, DialogueConfig
+from sparse_video_r1.env.config import IMAGE_FACTOR, DecodingConfig
 from sparse_video_r1.env.frames import (
     DecodeFailedError,
     DecodeTimeoutError,
@@ -232,7 +232,7 @@ def test_resize_to_budget_matches_the_qwen_rules(size: tuple[int, int]) -> None:
 
 
 def test_from_config_uses_the_dialogue_pixel_budget(clips: dict[str, Clip]) -> None:
-    config = DialogueConfig(min_pixels=4 * 784, max_pixels=16 * 784, max_open_videos=3, decode_timeout_s=5.0)
+    config = DecodingConfig(min_pixels=4 * 784, max_pixels=16 * 784, max_open_videos=3, decode_timeout_s=5.0)
     (frame,) = FrameSampler.from_config(config).fetch(clips["large"].path, [1.0])
     assert frame.image.size == (112, 84) and read_frame_index(frame.image) == 10
 
@@ -403,7 +403,7 @@ def test_threads_asking_for_an_unopened_video_at_once_share_one_reader(
 def slow_first_decode(monkeypatch: pytest.MonkeyPatch) -> Iterator[threading.Event]:
     """Make the first decode hang until released (the only test seam); later decodes are real."""
     entered, release = threading.Event(), threading.Event()
-    real = frames._decode_batch
+    real = frames.sampler._decode_batch
 
     def decode(reader: object, indices: list[int]) -> np.ndarray:
         if not entered.is_set():
@@ -411,7 +411,7 @@ def slow_first_decode(monkeypatch: pytest.MonkeyPatch) -> Iterator[threading.Eve
             release.wait(timeout=10)
         return real(reader, indices)
 
-    monkeypatch.setattr(frames, "_decode_batch", decode)
+    monkeypatch.setattr(frames.sampler, "_decode_batch", decode)
     yield entered
     release.set()  # let the abandoned thread finish
 

@@ -11,7 +11,7 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from sparse_video_r1.env.config import AGENT_NAME, DialogueConfig, RewardConfig, from_mapping
+from sparse_video_r1.env.config import AGENT_NAME, DialogueRules, RewardConfig, SparseVideoConfig, from_mapping
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = ROOT / "scripts" / "run_qwen2_5_vl_template.sh"
@@ -34,7 +34,7 @@ def compose_training_config(overrides: list[str]):
 
 
 def test_template_overrides_compose_into_a_grpo_config_with_our_loop_and_reward():
-    cfg = compose_training_config(template_overrides(MAX_FRAMES="12", MODEL_PATH="/models/qwen"))
+    cfg = compose_training_config(template_overrides(MAX_TOTAL_FRAMES="12", MODEL_PATH="/models/qwen"))
     rollout = cfg.actor_rollout_ref.rollout
     assert cfg.algorithm.adv_estimator == "grpo"
     assert rollout.name == "vllm"
@@ -42,8 +42,8 @@ def test_template_overrides_compose_into_a_grpo_config_with_our_loop_and_reward(
     assert rollout.limit_images == 12, "vLLM's image limit must follow the dialogue's frame budget"
     assert cfg.actor_rollout_ref.model.path == "/models/qwen"
     assert cfg.reward.custom_reward_function.path == "pkg://sparse_video_r1.training.reward"
-    dialogue = from_mapping(DialogueConfig, OmegaConf.to_container(cfg.sparse_video))
-    assert dialogue.max_total_frames == 12
+    settings = SparseVideoConfig.from_mapping(OmegaConf.to_container(cfg.sparse_video))
+    assert settings.dialogue.max_total_frames == 12
     from_mapping(RewardConfig, OmegaConf.to_container(cfg.reward.custom_reward_function.reward_kwargs))
 
 
@@ -58,7 +58,12 @@ def test_agent_loop_registry_file_names_our_class():
 
 @pytest.mark.parametrize(
     "bad_override",
-    ["actor_rollout_ref.rollout.limit_imgs=4", "sparse_video.max_frame=3", "trainer.n_gpu_per_node=2"],
+    [
+        "actor_rollout_ref.rollout.limit_imgs=4",
+        "sparse_video.dialogue.max_frame=3",
+        "sparse_video.max_turns=3",
+        "trainer.n_gpu_per_node=2",
+    ],
 )
 def test_misspelled_keys_are_rejected(bad_override: str):
     with pytest.raises(ConfigCompositionException):
@@ -67,7 +72,11 @@ def test_misspelled_keys_are_rejected(bad_override: str):
 
 def test_unknown_dialogue_key_in_the_config_is_rejected_by_name():
     with pytest.raises(ValueError, match="max_frame"):
-        from_mapping(DialogueConfig, {"max_frame": 3})
+        from_mapping(DialogueRules, {"max_frame": 3})
+    with pytest.raises(ValueError, match="DecodingConfig keys \\['max_turns'\\]"):
+        SparseVideoConfig.from_mapping({"decoding": {"max_turns": 3}})
+    with pytest.raises(ValueError, match="sections \\['max_turns'\\]"):
+        SparseVideoConfig.from_mapping({"max_turns": 3})
 
 
 @pytest.mark.parametrize(

@@ -44,7 +44,11 @@ def template_settings(**env: str) -> dict[str, Any]:
     return {
         "prompt_length": rollout.prompt_length,
         "response_length": rollout.response_length,
-        **OmegaConf.to_container(cfg.sparse_video),
+        **{
+            key: value
+            for section in OmegaConf.to_container(cfg.sparse_video).values()
+            for key, value in section.items()
+        },
     }
 
 
@@ -138,9 +142,9 @@ def test_the_templates_longest_dialogue_shows_16_frames_in_4_turns_and_cuts_no_i
 def test_thoughts_that_would_overflow_4096_end_the_dialogue_at_context_limit_with_every_image_whole(
     tiny_model_dir, tokenizer_and_processor, make_video
 ):
-    """MAX_FRAMES=20 MAX_TURNS=5: the fourth observation would cross response_length, so none is appended."""
+    """MAX_TOTAL_FRAMES=20 MAX_TURNS=5: the fourth observation would cross response_length, so none is appended."""
     tokenizer, processor = tokenizer_and_processor
-    settings = template_settings(MAX_FRAMES="20", MAX_TURNS="5")
+    settings = template_settings(MAX_TOTAL_FRAMES="20", MAX_TURNS="5")
     assert (settings["max_total_frames"], settings["max_turns"], settings["response_length"]) == (20, 5, 4096)
     script = long_policy(tokenizer, settings)
     video = make_video(num_frames=NUM_FRAMES, fps=FPS, width=WIDTH, height=HEIGHT)

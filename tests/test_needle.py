@@ -23,7 +23,7 @@ from PIL import Image
 from verl.utils.import_utils import load_class_from_fqn
 
 from sparse_video_r1.data.records import VideoQARecord
-from sparse_video_r1.env.config import DialogueConfig, from_mapping
+from sparse_video_r1.env.config import DialogueRules, SparseVideoConfig
 from sparse_video_r1.env.dialogue import Episode, VideoQA
 from sparse_video_r1.env.frames import FrameSampler
 from sparse_video_r1.env.protocol import OPTION_LETTERS, FrameRequest, parse_turn
@@ -48,7 +48,7 @@ def extra_infos(task: Path, split: str) -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def sampler() -> FrameSampler:
-    return FrameSampler.from_config(needle.DIALOGUE)
+    return FrameSampler.from_config(needle.DIALOGUE.decoding)
 
 
 def test_rows_are_verl_rows_carrying_the_needle(task: Path) -> None:
@@ -88,28 +88,28 @@ def test_the_card_is_visible_exactly_in_its_interval_and_every_other_frame_encod
 
 def test_the_opening_frames_of_a_dialogue_never_show_the_card(task: Path, sampler: FrameSampler) -> None:
     for info in extra_infos(task, "train") + extra_infos(task, "val"):
-        episode = Episode(VideoQA.from_extra_info(info), needle.DIALOGUE, sampler)
+        episode = Episode(VideoQA.from_extra_info(info), needle.DIALOGUE.dialogue, sampler)
         episode.start()
-        assert len(episode.frames) == needle.DIALOGUE.initial_frames
+        assert len(episode.frames) == needle.DIALOGUE.dialogue.initial_frames
         assert all(needle.read_card(frame.image) is None for frame in episode.frames)
     rng = random.Random(0)
     for _ in range(500):  # many more draws than videos written: the rule, not luck
-        video = needle.draw_video(rng, needle.DIALOGUE.initial_frames)
-        opening = needle.uniform_frame_times(video.duration, needle.DIALOGUE.initial_frames)
+        video = needle.draw_video(rng, needle.DIALOGUE.dialogue.initial_frames)
+        opening = needle.uniform_frame_times(video.duration, needle.DIALOGUE.dialogue.initial_frames)
         assert not any(video.needle.shows(t) for t in opening)
 
 
 def test_uniform_hit_rate_matches_the_frames_a_uniform_dialogue_shows(task: Path, sampler: FrameSampler) -> None:
     infos = extra_infos(task, "train") + extra_infos(task, "val")
     for count in (4, 8, 16, 32):
-        uniform = DialogueConfig(initial_frames=count, max_total_frames=count, max_turns=1)
+        uniform = DialogueRules(initial_frames=count, max_total_frames=count, max_turns=1)
         hits = []
         for info in infos:
             episode = Episode(VideoQA.from_extra_info(info), uniform, sampler)
             episode.start()
             hits.append(any(needle.read_card(frame.image) is not None for frame in episode.frames))
         assert needle.uniform_hit_rate(infos, count) == pytest.approx(np.mean(hits))
-    assert needle.uniform_hit_rate(infos, needle.DIALOGUE.initial_frames) == 0.0
+    assert needle.uniform_hit_rate(infos, needle.DIALOGUE.dialogue.initial_frames) == 0.0
 
 
 @pytest.mark.parametrize("slot", range(needle.NUM_SLOTS))
@@ -228,7 +228,7 @@ def test_traces_replay_through_the_episode_and_answer_the_card_only_when_shown(
         if "dialogue" in record:  # a single-turn uniform trace: see the uniform test below
             continue
         trace = Trace(VideoQA.from_extra_info(record["extra_info"]), tuple(record["turns"]))
-        messages, images = replay(trace, needle.DIALOGUE, sampler)
+        messages, images = replay(trace, needle.DIALOGUE.dialogue, sampler)
         info = infos[trace.sample.qid]
         requests = len(trace.turns) - 1
         assert 1 <= requests <= 2
@@ -236,7 +236,7 @@ def test_traces_replay_through_the_episode_and_answer_the_card_only_when_shown(
             request = parse_turn(turn)
             assert isinstance(request, FrameRequest) and len(request.timestamps) == 1
             assert request.timestamps[0] in centres and request.timestamps[0] < info["duration"]
-        assert len(images) == needle.DIALOGUE.initial_frames + requests
+        assert len(images) == needle.DIALOGUE.dialogue.initial_frames + requests
         seen = [needle.read_card(image) for image in images if needle.read_card(image) is not None]
         assert record["card_seen"] == bool(seen)
         final = trace.turns[-1]
@@ -254,14 +254,14 @@ def test_reading_videos_show_the_card_at_once_and_their_traces_answer_without_re
 ) -> None:
     rng = random.Random(1)
     for _ in range(200):
-        video = needle.draw_video(rng, needle.DIALOGUE.initial_frames, hidden=False)
-        opening = needle.uniform_frame_times(video.duration, needle.DIALOGUE.initial_frames)
+        video = needle.draw_video(rng, needle.DIALOGUE.dialogue.initial_frames, hidden=False)
+        opening = needle.uniform_frame_times(video.duration, needle.DIALOGUE.dialogue.initial_frames)
         assert any(video.needle.shows(t) for t in opening)
-    rows = needle.write_split(tmp_path, "read", 3, rng, needle.DIALOGUE.initial_frames, hidden=False)
+    rows = needle.write_split(tmp_path, "read", 3, rng, needle.DIALOGUE.dialogue.initial_frames, hidden=False)
     infos = [row["extra_info"] for row in rows]
     for record in needle.needle_traces(infos, needle.DIALOGUE):
         trace = Trace(VideoQA.from_extra_info(record["extra_info"]), tuple(record["turns"]))
-        _, images = replay(trace, needle.DIALOGUE, sampler)
+        _, images = replay(trace, needle.DIALOGUE.dialogue, sampler)
         colours = {needle.read_card(image) for image in images} - {None}
         assert record["card_seen"] and len(trace.turns) == 1 and len(colours) == 1
         assert f"<answer>{OPTION_LETTERS[colours.pop()]}</answer>" in trace.turns[0]
@@ -273,7 +273,7 @@ def test_informed_traces_request_the_card_at_once_and_read_it(task: Path, sample
     assert len(traces) == len(infos)
     for record, info in zip(traces, infos, strict=True):
         trace = Trace(VideoQA.from_extra_info(record["extra_info"]), tuple(record["turns"]))
-        _, images = replay(trace, needle.DIALOGUE, sampler)
+        _, images = replay(trace, needle.DIALOGUE.dialogue, sampler)
         request = parse_turn(trace.turns[0])
         assert len(trace.turns) == 2 and isinstance(request, FrameRequest)
         assert request.timestamps == (needle.Needle.from_extra_info(info).time,)
@@ -283,7 +283,9 @@ def test_informed_traces_request_the_card_at_once_and_read_it(task: Path, sample
 def test_traces_need_a_dialogue_that_allows_requests() -> None:
     info = {"qid": "q", "video_path": "/nonexistent.mp4", "question": "?", "options": ["a", "b"], "answer": "A"}
     with pytest.raises(ValueError, match="allows frame requests"):
-        needle.needle_traces([info], dataclasses.replace(needle.DIALOGUE, max_turns=1))
+        needle.needle_traces(
+            [info], needle.DIALOGUE.with_dialogue(dataclasses.replace(needle.DIALOGUE.dialogue, max_turns=1))
+        )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -306,12 +308,12 @@ def test_gpu_script_overrides_compose_into_the_needle_runs_config(tmp_path: Path
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base=None):
         cfg = compose(config_name="sparse_video_grpo", overrides=printed)
     assert cfg.reward.custom_reward_function.path == "pkg://sparse_video_r1.synthetic.needle"
-    assert from_mapping(DialogueConfig, OmegaConf.to_container(cfg.sparse_video)) == needle.DIALOGUE
+    assert SparseVideoConfig.from_mapping(OmegaConf.to_container(cfg.sparse_video)) == needle.DIALOGUE
     assert "hf_model" in cfg.actor_rollout_ref.actor.checkpoint.save_contents
     assert cfg.trainer.total_training_steps == 7 and cfg.trainer.resume_mode == "auto"
     assert cfg.ray_kwargs.ray_init.address == "local"
     assert cfg.actor_rollout_ref.rollout.engine_kwargs.vllm.kv_cache_memory_bytes == 4 << 30
-    assert cfg.actor_rollout_ref.rollout.limit_images == needle.DIALOGUE.max_total_frames
+    assert cfg.actor_rollout_ref.rollout.limit_images == needle.DIALOGUE.dialogue.max_total_frames
     assert cfg.algorithm.rollout_correction.bypass_mode and cfg.algorithm.rollout_correction.rollout_is is None
     # The legacy trainer logs the dialogue metrics (timing_s/dialogue/...) through this manager.
     manager = load_class_from_fqn(cfg.actor_rollout_ref.rollout.agent.agent_loop_manager_class, "AgentLoopManager")
@@ -404,10 +406,10 @@ def test_uniform_traces_play_the_baseline_prompt_and_answer_the_card_only_when_s
     traces = needle.needle_traces(infos * 4, needle.DIALOGUE, seed=1, uniform_share=0.5, uniform_frames=(4, 16))
     uniform = [trace for trace in traces if "dialogue" in trace]
     assert 0 < len(uniform) < len(traces)
-    sampler = FrameSampler.from_config(needle.DIALOGUE)
+    sampler = FrameSampler.from_config(needle.DIALOGUE.decoding)
     for record in uniform:
         trace = Trace(VideoQA.from_extra_info(record["extra_info"]), tuple(record["turns"]), record["dialogue"])
-        _, images = replay(trace, needle.DIALOGUE, sampler)
+        _, images = replay(trace, needle.DIALOGUE.dialogue, sampler)
         assert len(trace.turns) == 1 and len(images) == record["dialogue"]["initial_frames"]
         shows_card = any(needle.read_card(image) is not None for image in images)
         assert shows_card == record["card_seen"]

@@ -37,14 +37,14 @@ def tokenizer_and_processor(tiny_model_dir: Path):
 def stalled_decoder(monkeypatch: pytest.MonkeyPatch) -> Iterator[threading.Event]:
     """Make every decode of the hanging video that needs frame 35 block (as a stuck demuxer would)."""
     release = threading.Event()
-    real = frames._decode_batch
+    real = frames.sampler._decode_batch
 
-    def decode(reader: frames._Reader, indices: list[int]) -> np.ndarray:
+    def decode(reader: frames.decoder._Reader, indices: list[int]) -> np.ndarray:
         if reader.num_frames == HANGING_FRAMES and STALLED_INDEX in indices:
             release.wait(timeout=30)
         return real(reader, indices)
 
-    monkeypatch.setattr(frames, "_decode_batch", decode)
+    monkeypatch.setattr(frames.sampler, "_decode_batch", decode)
     yield release
     release.set()  # let the abandoned decoding thread finish
 

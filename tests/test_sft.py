@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from transformers import AutoProcessor
 
-from sparse_video_r1.env.config import DialogueConfig
+from sparse_video_r1.env.config import DialogueRules, SparseVideoConfig
 from sparse_video_r1.env.dialogue import VideoQA
 from sparse_video_r1.env.frames import FrameSampler
 from sparse_video_r1.synthetic.videos import read_frame_index
@@ -24,7 +24,8 @@ from sparse_video_r1.training.sft import (
     train,
 )
 
-CONFIG = DialogueConfig(initial_frames=2, max_frames_per_request=2, max_total_frames=6, max_turns=3)
+CONFIG = DialogueRules(initial_frames=2, max_frames_per_request=2, max_total_frames=6, max_turns=3)
+SETTINGS = SparseVideoConfig(CONFIG)
 OPTIONS = ("red", "green", "blue", "yellow", "black")
 TURNS = ("<think>look</think><frames>1.0, 4.05</frames>", "<think>done</think><answer>B</answer>")
 
@@ -35,14 +36,14 @@ def sample(make_video) -> VideoQA:
 
 
 def test_replay_shows_the_requested_frames_between_the_turns(sample: VideoQA):
-    messages, images = replay(Trace(sample, TURNS), CONFIG, FrameSampler.from_config(CONFIG))
+    messages, images = replay(Trace(sample, TURNS), CONFIG, FrameSampler.from_config(SETTINGS.decoding))
     assert [m["role"] for m in messages] == ["system", "user", "assistant", "user", "assistant"]
     assert [read_frame_index(image) for image in images] == [15, 45, 10, 40]
 
 
 def test_labels_cover_exactly_the_assistant_turns(sample: VideoQA, tiny_model_dir: Path):
     processor = AutoProcessor.from_pretrained(tiny_model_dir)
-    messages, images = replay(Trace(sample, TURNS), CONFIG, FrameSampler.from_config(CONFIG))
+    messages, images = replay(Trace(sample, TURNS), CONFIG, FrameSampler.from_config(SETTINGS.decoding))
     batch = encode_dialogue(processor, messages, images)
     labels = batch["labels"][0]
     trained = labels[labels != IGNORE_INDEX].tolist()
@@ -53,14 +54,14 @@ def test_labels_cover_exactly_the_assistant_turns(sample: VideoQA, tiny_model_di
 def test_a_trace_that_does_not_fit_the_dialogue_rules_is_rejected_by_qid(sample: VideoQA):
     too_long = Trace(sample, (TURNS[0], TURNS[0], TURNS[0], TURNS[1]))
     with pytest.raises(ValueError, match="q0"):
-        replay(too_long, CONFIG, FrameSampler.from_config(CONFIG))
+        replay(too_long, CONFIG, FrameSampler.from_config(SETTINGS.decoding))
 
 
 def test_synthetic_traces_follow_the_protocol_and_end_with_the_right_answer(sample: VideoQA, tmp_path: Path):
     traces = synthetic_traces([sample] * 50, [6.0] * 50, CONFIG, seed=3, request_probability=0.7)
     path = tmp_path / "traces.jsonl"
     path.write_text("".join(json.dumps(trace) + "\n" for trace in traces))
-    sampler = FrameSampler.from_config(CONFIG)
+    sampler = FrameSampler.from_config(SETTINGS.decoding)
     requested = 0
     for trace in read_traces(path):
         assert trace.turns[-1].endswith("<answer>B</answer>")
@@ -73,7 +74,7 @@ def test_uniform_traces_replay_as_the_single_turn_baseline_prompt(sample: VideoQ
     traces = synthetic_traces([sample] * 40, [6.0] * 40, CONFIG, seed=5, uniform_share=0.5, uniform_frames=(2, 3))
     path = tmp_path / "traces.jsonl"
     path.write_text("".join(json.dumps(trace) + "\n" for trace in traces))
-    sampler = FrameSampler.from_config(CONFIG)
+    sampler = FrameSampler.from_config(SETTINGS.decoding)
     shown = Counter()
     for trace in read_traces(path):
         if not trace.dialogue:
@@ -106,7 +107,7 @@ def test_a_short_cpu_run_lowers_the_loss_and_saves_a_loadable_checkpoint(sample,
     path = tmp_path / "traces.jsonl"
     path.write_text("".join(json.dumps(trace) + "\n" for trace in traces))
     out = tmp_path / "ckpt"
-    metrics = train(SFTConfig(str(tiny_model_dir), str(path), str(out), epochs=3, lr=1e-3, device="cpu"), CONFIG)
+    metrics = train(SFTConfig(str(tiny_model_dir), str(path), str(out), epochs=3, lr=1e-3, device="cpu"), SETTINGS)
     assert metrics["last_epoch_loss"] < metrics["first_epoch_loss"]
     assert json.loads((out / "sft_metrics.json").read_text())["examples"] == 6
     AutoProcessor.from_pretrained(out)

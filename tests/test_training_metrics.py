@@ -81,7 +81,7 @@ def rows(make_video, tmp_path_factory) -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def agent_loop(tiny_model_dir, tokenizer_and_processor):
-    from sparse_video_r1.env.config import DialogueConfig
+    from sparse_video_r1.env.config import DialogueRules, SparseVideoConfig
 
     tokenizer, _ = tokenizer_and_processor
 
@@ -90,7 +90,9 @@ def agent_loop(tiny_model_dir, tokenizer_and_processor):
         (turns,) = [turns for question, (_, turns) in SCENARIOS.items() if question in prompt]
         return turns[turn]
 
-    dialogue = DialogueConfig(initial_frames=2, max_frames_per_request=2, max_total_frames=6, max_turns=3)
+    dialogue = SparseVideoConfig(
+        DialogueRules(initial_frames=2, max_frames_per_request=2, max_total_frames=6, max_turns=3)
+    )
     return make_agent_loop(
         tiny_model_dir, ScriptedServer(tokenizer, policy), dialogue, prompt_length=1024, response_length=1024
     )

@@ -15,12 +15,12 @@ from hypothesis import strategies as st
 from PIL import Image
 from verl.utils.tokenizer import hf_tokenizer
 
-from sparse_video_r1.env.config import DialogueConfig
+from sparse_video_r1.env.config import DialogueRules, SparseVideoConfig
 from sparse_video_r1.serving.hf_server import ScriptedServer
 from sparse_video_r1.tools import viewer
 from sparse_video_r1.training.standalone import make_agent_loop, run_dialogues
 
-DIALOGUE = DialogueConfig(initial_frames=2, max_frames_per_request=2, max_total_frames=6, max_turns=3)
+DIALOGUE = SparseVideoConfig(DialogueRules(initial_frames=2, max_frames_per_request=2, max_total_frames=6, max_turns=3))
 OPTIONS = ["a <b>bold</b> claim", "green", "blue"]
 SCRIPT = [
     "<think>Start.</think><frames>1.0, 2.0</frames>",

@@ -20,7 +20,7 @@ import pytest
 from verl.utils.tokenizer import hf_processor
 
 from sparse_video_r1.data import preprocess_split, read_nextqa_split
-from sparse_video_r1.env.config import DialogueConfig
+from sparse_video_r1.env.config import DialogueRules, SparseVideoConfig
 from sparse_video_r1.serving.vllm_server import VERL_WORKER_EXTENSION, AsyncVLLMServer
 from sparse_video_r1.synthetic.nextqa import write_nextqa_like_release
 from sparse_video_r1.tools import evaluate
@@ -30,7 +30,7 @@ FIXTURES = Path(__file__).parent / "fixtures" / "nextqa"
 OPTIONS = ["red", "green", "blue", "yellow", "black"]
 REQUEST = "<think>I need the middle.</think><frames>2.0, 3.5</frames>"
 ANSWER = "<think>Seen enough.</think><answer>C</answer>"
-DIALOGUE = DialogueConfig(initial_frames=2, max_frames_per_request=2, max_total_frames=6, max_turns=3)
+DIALOGUE = SparseVideoConfig(DialogueRules(initial_frames=2, max_frames_per_request=2, max_total_frames=6, max_turns=3))
 
 
 @dataclass
@@ -97,7 +97,7 @@ class FakeAsyncLLM:
         if self.fail_first and len(self.prompts) == 1:
             raise RuntimeError("engine died")
         images = prompt.get("multi_modal_data", {}).get("image", [])
-        ids = self.turn_ids(REQUEST if len(images) <= DIALOGUE.initial_frames else ANSWER)
+        ids = self.turn_ids(REQUEST if len(images) <= DIALOGUE.dialogue.initial_frames else ANSWER)
         ids = ids[: sampling_params.max_tokens]
         logprobs = (
             [{token: Logprob(-0.5), token + 1: Logprob(-2.0)} for token in ids]

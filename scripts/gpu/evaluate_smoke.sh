@@ -31,7 +31,7 @@ SFT_EPOCHS=${SFT_EPOCHS:-3}
 export RAY_AUTH_MODE=disabled VLLM_USE_FLASHINFER_SAMPLER=0 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 mkdir -p "$WORK"
 # The dialogue of the GRPO smoke run (scripts/gpu/grpo_smoke.sh), for the traces, SFT and the evaluation alike.
-DIALOGUE='{"initial_frames": 4, "max_frames_per_request": 4, "max_total_frames": 12, "max_turns": 3}'
+DIALOGUE='{"dialogue": {"initial_frames": 4, "max_frames_per_request": 4, "max_total_frames": 12, "max_turns": 3}}'
 stage() { echo "[evaluate_smoke ${SECONDS}s] $*"; }
 
 stage "data from $ANNOTATIONS"

@@ -23,7 +23,7 @@ WORK=${WORK:-/tmp/svr1_smoke}
 export RAY_AUTH_MODE=disabled VLLM_USE_FLASHINFER_SAMPLER=0 PYTHONUNBUFFERED=1
 mkdir -p "$WORK"
 STAGE=${STAGE:-all}
-DIALOGUE='{"initial_frames": 4, "max_frames_per_request": 4, "max_total_frames": 12, "max_turns": 3}'
+DIALOGUE='{"dialogue": {"initial_frames": 4, "max_frames_per_request": 4, "max_total_frames": 12, "max_turns": 3}}'
 
 if [ "$STAGE" != train ]; then
 "$PY" -m sparse_video_r1.synthetic.tiny_model "$WORK/tiny"
@@ -61,11 +61,11 @@ overrides=(
   "actor_rollout_ref.rollout.agent.agent_loop_config_path=$PWD/configs/agent_loops.yaml"
   "data.max_prompt_length=1024"
   "data.max_response_length=1024"
-  "sparse_video.initial_frames=4"
-  "sparse_video.max_frames_per_request=4"
-  "sparse_video.max_total_frames=12"
-  "sparse_video.max_turns=3"
-  "sparse_video.max_tokens_per_turn=96"
+  "sparse_video.dialogue.initial_frames=4"
+  "sparse_video.dialogue.max_frames_per_request=4"
+  "sparse_video.dialogue.max_total_frames=12"
+  "sparse_video.dialogue.max_turns=3"
+  "sparse_video.dialogue.max_tokens_per_turn=96"
   "trainer.use_v1=False"
   "+actor_rollout_ref.rollout.agent.agent_loop_manager_class=sparse_video_r1.training.verl_metrics.DialogueMetricsAgentLoopManager"
   "trainer.n_gpus_per_node=1"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Proof of learning on ONE GPU: does GRPO teach the tiny Qwen2.5-VL *where to look*? Needle task
 # (sparse_video_r1/synthetic/needle.py), SFT cold start on uninformed traces, then two GRPO runs that differ only in
-# sparse_video.loss_on: `main` (all_turns) and `ablation` (last_turn: request turns get no gradient).
+# sparse_video.training.loss_on: `main` (all_turns) and `ablation` (last_turn: request turns get no gradient).
 #
 #   STAGE=prepare,train DEADLINE_S=570 bash scripts/gpu/needle_grpo.sh OUT_DIR [extra hydra overrides...]
 #
@@ -111,7 +111,7 @@ overrides() {  # overrides RUN_NAME LOSS_ON
     "actor_rollout_ref.rollout.agent.num_workers=2" \
     "actor_rollout_ref.rollout.agent.agent_loop_config_path=$ROOT/configs/agent_loops.yaml" \
     "${DIALOGUE_OVERRIDES[@]}" \
-    "sparse_video.loss_on=$2" \
+    "sparse_video.training.loss_on=$2" \
     "reward.custom_reward_function.path=pkg://sparse_video_r1.synthetic.needle" \
     "++reward.custom_reward_function.reward_kwargs.proximity_weight=$PROXIMITY" \
     "+ray_kwargs.ray_init.address=local" \

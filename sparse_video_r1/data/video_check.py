@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from sparse_video_r1.env.config import DialogueConfig
+from sparse_video_r1.env.config import DecodingConfig
 from sparse_video_r1.env.frames import FrameSampler, VideoError
 
 logger = logging.getLogger(__name__)
@@ -43,14 +43,14 @@ def probe_video(sampler: FrameSampler, path: str) -> VideoProblem | None:
 
 
 def check_videos(
-    paths: Iterable[str], *, workers: int = 4, config: DialogueConfig | None = None
+    paths: Iterable[str], *, workers: int = 4, config: DecodingConfig | None = None
 ) -> dict[str, VideoProblem]:
     """Probe every distinct path (``workers`` at a time); the problems found, keyed by path.
 
     Frames are decoded at ``config``'s pixel budget (the defaults unless given), with its decode timeout,
     and are not kept: one pass over a dataset must not fill memory with frames nobody reads again.
     """
-    config = config or DialogueConfig()
+    config = config or DecodingConfig()
     distinct = list(dict.fromkeys(paths))
     sampler = FrameSampler(
         min_pixels=config.min_pixels,

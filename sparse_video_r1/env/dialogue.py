@@ -53,7 +53,7 @@ from typing import Any
 from PIL import Image
 
 from sparse_video_r1.env import protocol
-from sparse_video_r1.env.config import DialogueConfig
+from sparse_video_r1.env.config import DialogueRules
 from sparse_video_r1.env.frames import (
     DecodeTimeoutError,
     FrameSampler,
@@ -146,7 +146,7 @@ class Episode:
     """
 
     sample: VideoQA
-    config: DialogueConfig
+    config: DialogueRules
     sampler: FrameSampler
     info: VideoInfo | None = None
     frames: list[TimedFrame] = field(default_factory=list)
@@ -213,10 +213,10 @@ class Episode:
         The caller gives such a sample a gradient-free prompt (see the agent loop for why it keeps one
         image); ``with_question=False`` replaces the whole opening with one user message, the frame and
         :data:`UNAVAILABLE_TEXT`, for a question too long for the prompt even without frames. The blank
-        frame is the smallest square of ``config.min_pixels``; it is no shown frame of :meth:`summary`.
+        frame is the smallest square the sampler would return; it is no shown frame of :meth:`summary`.
         """
         side = 28
-        while side * side < self.config.min_pixels:
+        while side * side < self.sampler.min_pixels:
             side += 28
         self.placeholder = Image.new("RGB", (side, side))
         if with_question:

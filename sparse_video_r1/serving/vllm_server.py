@@ -107,7 +107,7 @@ class AsyncVLLMServer(ImageServer):
         """Start the engine with verl's rollout defaults; ``engine_kwargs`` override any engine argument.
 
         ``max_images`` becomes ``limit_mm_per_prompt`` (size it with
-        :meth:`~sparse_video_r1.env.config.DialogueConfig.max_images_per_prompt`) and the context holds
+        :meth:`~sparse_video_r1.env.config.DialogueRules.max_images_per_prompt`) and the context holds
         ``prompt_length + response_length`` tokens, as in training.
         """
         # The caller may have touched CUDA already (memory stats, a torch model); vLLM's default fork of its

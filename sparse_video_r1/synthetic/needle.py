@@ -75,7 +75,7 @@ from PIL import Image
 
 from sparse_video_r1.data.records import VideoQARecord, to_verl_row, write_parquet
 from sparse_video_r1.env import protocol
-from sparse_video_r1.env.config import DialogueConfig, from_mapping, uniform_baseline_fields
+from sparse_video_r1.env.config import DecodingConfig, DialogueRules, SparseVideoConfig, uniform_baseline_fields
 from sparse_video_r1.env.dialogue import ENVIRONMENT_FAILURES, Episode, VideoQA
 from sparse_video_r1.env.frames import FrameSampler, VideoInfo, frame_index, uniform_timestamps
 from sparse_video_r1.env.protocol import OPTION_LETTERS
@@ -114,15 +114,13 @@ QUESTION = (
     f"brightest near {MAX_SECONDS:g} seconds."
 )
 #: The dialogue the task is built for: four opening frames, then at most two one-frame requests. Every
-#: frame is shown at DialogueConfig's default minimum size (16 visual tokens), so tools that set only a
+#: frame is shown at DecodingConfig's default minimum size (16 visual tokens), so tools that set only a
 #: maximum (``evaluate --max-pixels``) reproduce it.
-DIALOGUE = DialogueConfig(
-    initial_frames=4,
-    max_frames_per_request=1,
-    max_total_frames=6,
-    max_turns=3,
-    max_pixels=DialogueConfig.min_pixels,
-    max_tokens_per_turn=48,
+DIALOGUE = SparseVideoConfig(
+    dialogue=DialogueRules(
+        initial_frames=4, max_frames_per_request=1, max_total_frames=6, max_turns=3, max_tokens_per_turn=48
+    ),
+    decoding=DecodingConfig(max_pixels=DecodingConfig.min_pixels),
 )
 
 
@@ -396,7 +394,7 @@ def answer_text(colour: int | None, guess: int) -> str:
 
 def needle_traces(
     extra_infos: Sequence[Mapping[str, Any]],
-    dialogue: DialogueConfig,
+    settings: SparseVideoConfig,
     *,
     copies: int = 1,
     seed: int = 0,
@@ -422,10 +420,11 @@ def needle_traces(
     model shows whether it can learn the cue's mapping at all (a learnability check; never a cold start
     for RL, which must find the mapping itself).
     """
+    dialogue = settings.dialogue
     if not dialogue.allows_requests:
         raise ValueError("needle traces need a dialogue that allows frame requests")
     rng = random.Random(seed)
-    sampler = FrameSampler.from_config(dialogue)
+    sampler = FrameSampler.from_config(settings.decoding)
     traces = []
     for info in extra_infos:
         sample = VideoQA.from_extra_info(info)
@@ -494,16 +493,19 @@ def main(argv: Sequence[str] | None = None) -> None:
         action="store_true",
         help="train traces request the card's own time (a learnability check of the cue, not a cold start for RL)",
     )
-    parser.add_argument("--dialogue", default=json.dumps(asdict(DIALOGUE)), help="DialogueConfig fields as JSON")
+    parser.add_argument(
+        "--dialogue", default=json.dumps(asdict(DIALOGUE)), help="sparse_video settings as JSON, by section"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    dialogue = from_mapping(DialogueConfig, json.loads(args.dialogue))
+    settings = SparseVideoConfig.from_mapping(json.loads(args.dialogue))
+    dialogue = settings.dialogue
     rng = random.Random(args.seed)
     rows = {
         split: write_split(args.out, split, count, rng, dialogue.initial_frames)
         for split, count in (("train", args.train), ("val", args.val))
     }
-    summary: dict[str, Any] = {"seed": args.seed, "dialogue": asdict(dialogue)}
+    summary: dict[str, Any] = {"seed": args.seed, "sparse_video": asdict(settings)}
     for split, split_rows in rows.items():
         infos = [row["extra_info"] for row in split_rows]
         needles = [Needle.from_extra_info(info) for info in infos]
@@ -520,7 +522,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         infos = [row["extra_info"] for row in rows["train"]]
         traces = needle_traces(
             infos,
-            dialogue,
+            settings,
             copies=args.traces,
             seed=args.seed,
             uniform_share=args.uniform_share,
@@ -528,7 +530,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
         if args.reading:
             reading = write_split(args.out, "read", args.reading, rng, dialogue.initial_frames, hidden=False)
-            traces += needle_traces([row["extra_info"] for row in reading], dialogue, seed=args.seed + 1)
+            traces += needle_traces([row["extra_info"] for row in reading], settings, seed=args.seed + 1)
             random.Random(args.seed).shuffle(traces)
         with open(args.out / "traces.jsonl", "w", encoding="utf-8") as handle:
             handle.writelines(json.dumps(trace) + "\n" for trace in traces)

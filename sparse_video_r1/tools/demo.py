@@ -20,7 +20,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from sparse_video_r1.env.config import DialogueConfig
+from sparse_video_r1.env.config import DialogueRules, SparseVideoConfig
 from sparse_video_r1.env.dialogue import VideoQA
 from sparse_video_r1.env.frames import FrameSampler
 from sparse_video_r1.env.protocol import OPTION_LETTERS
@@ -31,7 +31,9 @@ from sparse_video_r1.training.reward import compute_score
 from sparse_video_r1.training.sft import SFTConfig, synthetic_traces, train
 from sparse_video_r1.training.standalone import make_agent_loop, run_dialogues, split_turns
 
-DIALOGUE = DialogueConfig(initial_frames=4, max_frames_per_request=3, max_total_frames=10, max_turns=3)
+DIALOGUE = SparseVideoConfig(
+    DialogueRules(initial_frames=4, max_frames_per_request=3, max_total_frames=10, max_turns=3)
+)
 FPS = 5.0
 #: Each demo question appears in this many cold-start traces, each with other random requests.
 COPIES = 40
@@ -65,9 +67,9 @@ def make_samples(work: Path, count: int, seed: int) -> list[dict]:
 def cold_start(work: Path, model: Path, samples: list[dict], epochs: int) -> Path:
     """SFT on uninformed protocol traces so the tiny model writes valid requests and answers."""
     qa = [VideoQA.from_extra_info(sample) for sample in samples]
-    sampler = FrameSampler.from_config(DIALOGUE)
+    sampler = FrameSampler.from_config(DIALOGUE.decoding)
     durations = [sampler.info(sample.video_path).duration for sample in qa]
-    traces = synthetic_traces(qa * COPIES, durations * COPIES, DIALOGUE, seed=1, request_probability=0.8)
+    traces = synthetic_traces(qa * COPIES, durations * COPIES, DIALOGUE.dialogue, seed=1, request_probability=0.8)
     traces_path = work / "traces.jsonl"
     traces_path.write_text("".join(json.dumps(trace) + "\n" for trace in traces))
     out = work / "sft"
@@ -81,7 +83,7 @@ def show(sample: dict, output, tokenizer) -> None:
     print(f"\n=== {sample['qid']}: {sample['question']}?  ({fields['video_duration']:.1f} s video)")
     for letter, option in zip(OPTION_LETTERS, sample["options"], strict=False):
         print(f"    {letter}. {option}")
-    initial = fields["shown_timestamps"][: DIALOGUE.initial_frames]
+    initial = fields["shown_timestamps"][: DIALOGUE.dialogue.initial_frames]
     print(f"  [environment] initial frames at {', '.join(f'{t:.1f}s' for t in initial)}")
     for turn in split_turns(tokenizer, output):
         print(f"  [{turn.speaker}] {turn.text}")

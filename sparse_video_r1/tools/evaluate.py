@@ -3,12 +3,15 @@
     python -m sparse_video_r1.tools.evaluate --model PATH --data DATA_DIR/val.parquet --out OUT_DIR \\
         [--backend vllm|transformers] [--uniform 4,8,16,32] [--no-adaptive] [--limit N] [--temperature 0] \\
         [--initial-frames 4 --max-frames-per-request 4 --max-total-frames 16 --max-turns 4 --max-pixels P \\
-         --max-tokens-per-turn 512] [--batch-size 256]
+         --max-tokens-per-turn 512 ...] [--batch-size 256]
 
-Each method is a :class:`~sparse_video_r1.env.config.DialogueConfig` run by
-:class:`~sparse_video_r1.training.agent_loop.SparseVideoAgentLoop`: ``adaptive`` with the dialogue knobs, and
-``uniform_N`` a single turn shown N uniform frames. So baselines and the adaptive policy see the same prompts,
-parser and frame decoding as training.
+Each method is a :class:`~sparse_video_r1.env.config.SparseVideoConfig` run by
+:class:`~sparse_video_r1.training.agent_loop.SparseVideoAgentLoop`: ``adaptive`` with the dialogue rules given,
+and ``uniform_N`` a single turn shown N uniform frames, with the same decoding settings (so every method shares
+one frame sampler). So baselines and the adaptive policy see the same prompts, parser and frame decoding as
+training. The flags of the dialogue rules, the decoding settings and the run are made from the fields of
+:class:`~sparse_video_r1.env.config.DialogueRules`, :class:`~sparse_video_r1.env.config.DecodingConfig` and
+:class:`EvalSettings` (``--help`` lists them).
 
 Each finished dialogue is appended to ``OUT/records_<method>.jsonl`` at once; a re-run skips the questions
 already there (re-running only those that ended in ``error``, an infrastructure failure) and every figure is
@@ -41,7 +44,14 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 from verl.experimental.agent_loop.agent_loop import AgentLoopOutput
 
-from sparse_video_r1.env.config import IMAGE_FACTOR, DialogueConfig
+from sparse_video_r1.env.config import (
+    DecodingConfig,
+    DialogueRules,
+    SparseVideoConfig,
+    add_config_arguments,
+    config_from_args,
+    documented_fields,
+)
 from sparse_video_r1.env.dialogue import StopReason
 from sparse_video_r1.tools import viewer
 from sparse_video_r1.tools.eval_report import ADAPTIVE, markdown_table, plot_accuracy_vs_frames, summarize
@@ -59,31 +69,32 @@ FRAME_OVERHEAD_TOKENS = 16
 #: Settings that change what a record says; resuming into an OUT made with other values is refused. (The prompt
 #: length only decides whether an opening prompt fits; one that does not ends in ``error`` and is retried.)
 RESULT_SETTINGS = ("model", "data", "backend", "sampling_params", "seed", "response_length")
-#: The DialogueConfig fields that change what a record says (the others tune decoding speed and training).
-RESULT_DIALOGUE_FIELDS = (
-    "initial_frames",
-    "max_frames_per_request",
-    "max_total_frames",
-    "max_turns",
-    "min_pixels",
-    "max_pixels",
-    "max_tokens_per_turn",
-)
+#: The decoding fields that change what a record says (with every dialogue rule; the others tune decoding speed).
+RESULT_DECODING_FIELDS = ("min_pixels", "max_pixels")
 
 
 @dataclass(frozen=True)
 class Method:
-    """One evaluated policy: a name (it names the records file) and the dialogue it plays."""
+    """One evaluated policy: a name (it names the records file) and the settings it plays with."""
 
     name: str
-    dialogue: DialogueConfig
+    config: SparseVideoConfig
+
+    @property
+    def dialogue(self) -> DialogueRules:
+        return self.config.dialogue
+
+    def result_settings(self) -> dict[str, Any]:
+        """The settings that change what a record says (``settings.json`` pins them per method)."""
+        decoding = self.config.decoding
+        return {**dataclasses.asdict(self.dialogue), **{key: getattr(decoding, key) for key in RESULT_DECODING_FIELDS}}
 
 
-def build_methods(adaptive: DialogueConfig, uniform: Sequence[int], *, with_adaptive: bool = True) -> list[Method]:
+def build_methods(adaptive: SparseVideoConfig, uniform: Sequence[int], *, with_adaptive: bool = True) -> list[Method]:
     """``adaptive`` with the given dialogue, then one single-turn ``uniform_N`` per N sharing its other settings."""
     methods = [Method(ADAPTIVE, adaptive)] if with_adaptive else []
     for frames in uniform:
-        methods.append(Method(f"uniform_{frames}", adaptive.uniform_baseline(frames)))
+        methods.append(Method(f"uniform_{frames}", adaptive.with_dialogue(adaptive.dialogue.uniform_baseline(frames))))
     if not methods:
         raise ValueError("nothing to evaluate: --no-adaptive needs at least one --uniform frame count")
     return methods
@@ -93,29 +104,40 @@ def default_prompt_length(methods: Iterable[Method]) -> int:
     """Room for the largest opening prompt: its frames at the full pixel budget plus the text around them."""
     return max(
         PROMPT_TEXT_TOKENS
-        + m.dialogue.initial_frames * (m.dialogue.max_pixels // (IMAGE_FACTOR * IMAGE_FACTOR) + FRAME_OVERHEAD_TOKENS)
+        + m.dialogue.initial_frames * (m.config.decoding.max_visual_tokens_per_frame + FRAME_OVERHEAD_TOKENS)
         for m in methods
     )
 
 
 @dataclass(frozen=True)
 class EvalSettings:
-    """Everything a run depends on; all of it is written next to the metrics in ``results.json``."""
+    """Everything a run depends on; all of it is written next to the metrics in ``results.json``.
 
-    model: str
-    data: str
-    out: str
-    methods: tuple[Method, ...]
-    backend: str = "vllm"
-    limit: int | None = None
+    The fields with a help text are also the command's flags.
+    """
+
+    model: str = field(metadata={"help": "checkpoint directory (HF layout)"})
+    data: str = field(metadata={"help": "preprocessed parquet, e.g. DATA_DIR/val.parquet"})
+    out: str = field(metadata={"help": "output folder; re-running with it resumes"})
+    methods: tuple[Method, ...] = ()
+    backend: str = field(default="vllm", metadata={"help": "serving engine", "choices": ("vllm", "transformers")})
+    limit: int | None = field(default=None, metadata={"help": "first N questions only"})
     sampling_params: Mapping[str, Any] = field(default_factory=lambda: {"temperature": 0.0, "top_p": 1.0})
-    seed: int = 0
+    seed: int = field(default=0, metadata={"help": "sampling seed; also picks the viewer's dialogues"})
     prompt_length: int = 2048
-    response_length: int = 4096
-    batch_size: int = 256
-    viewer_samples: int = 20
-    device: str = "cpu"
+    response_length: int = field(default=4096, metadata={"help": "tokens for all turns after the prompt"})
+    batch_size: int = field(default=256, metadata={"help": "dialogues in flight at once"})
+    viewer_samples: int = field(default=20, metadata={"help": "dialogues shown in dialogues.html"})
+    device: str = field(default="cpu", metadata={"help": "torch device of the transformers backend"})
     engine_kwargs: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.methods:
+            raise ValueError("nothing to evaluate: no methods")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"limit must be >= 1, got {self.limit}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -135,12 +157,14 @@ class EvalSettings:
         }
 
 
-def dialogue_settings(dialogue: DialogueConfig) -> dict[str, Any]:
-    """The DialogueConfig fields, plus what they imply: whether frames may be requested and tokens per frame."""
+def method_settings(config: SparseVideoConfig) -> dict[str, Any]:
+    """The sections' fields, plus what they imply: whether frames may be requested and tokens per frame."""
     return {
-        **dataclasses.asdict(dialogue),
-        "allows_requests": dialogue.allows_requests,
-        "max_visual_tokens_per_frame": dialogue.max_pixels // (IMAGE_FACTOR * IMAGE_FACTOR),
+        "dialogue": {**dataclasses.asdict(config.dialogue), "allows_requests": config.dialogue.allows_requests},
+        "decoding": {
+            **dataclasses.asdict(config.decoding),
+            "max_visual_tokens_per_frame": config.decoding.max_visual_tokens_per_frame,
+        },
     }
 
 
@@ -273,7 +297,7 @@ def run_method(
     loop = make_agent_loop(
         settings.model,
         server,
-        method.dialogue,
+        method.config,
         prompt_length=settings.prompt_length,
         response_length=settings.response_length,
     )
@@ -303,9 +327,7 @@ def check_resumable(out: Path, settings: EvalSettings) -> None:
     path = out / "settings.json"
     current = {
         "common": {key: settings.as_json()[key] for key in RESULT_SETTINGS},
-        "methods": {
-            m.name: {key: getattr(m.dialogue, key) for key in RESULT_DIALOGUE_FIELDS} for m in settings.methods
-        },
+        "methods": {m.name: m.result_settings() for m in settings.methods},
     }
     if path.exists():
         pinned = json.loads(path.read_text())
@@ -395,7 +417,7 @@ def report(
         records = [r for qid, r in latest_records(out / f"records_{method.name}.jsonl").items() if qid in wanted]
         metrics[method.name] = summarize(records)
         methods[method.name] = {
-            "dialogue": dialogue_settings(method.dialogue),
+            "settings": method_settings(method.config),
             "records_file": f"records_{method.name}.jsonl",
             "metrics": metrics[method.name],
             "engine_runs": engine_runs.get(method.name, []),
@@ -435,52 +457,30 @@ def _frame_counts(text: str) -> tuple[int, ...]:
     return counts
 
 
+#: The EvalSettings flags made from its fields (the rest are built from the flags below).
+_RUN_FLAGS = tuple(documented_fields(EvalSettings))
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    defaults = DialogueConfig()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", required=True, help="checkpoint directory (HF layout)")
-    parser.add_argument("--data", required=True, help="preprocessed parquet, e.g. DATA_DIR/val.parquet")
-    parser.add_argument("--out", required=True, help="output folder; re-running with it resumes")
-    parser.add_argument("--backend", choices=("vllm", "transformers"), default="vllm")
+    add_config_arguments(parser, EvalSettings)
     parser.add_argument("--uniform", type=_frame_counts, default=(4, 8, 16, 32), help="baseline frame counts, e.g. 4,8")
     parser.add_argument("--no-adaptive", action="store_true", help="evaluate only the uniform baselines")
-    parser.add_argument("--limit", type=int, default=None, help="first N questions only")
     parser.add_argument("--temperature", type=float, default=0.0)
     parser.add_argument("--top-p", type=float, default=1.0)
-    parser.add_argument("--seed", type=int, default=0, help="sampling seed; also picks the viewer's dialogues")
-    dialogue = parser.add_argument_group("dialogue (sparse_video_r1.env.config.DialogueConfig)")
-    dialogue.add_argument("--initial-frames", type=int, default=defaults.initial_frames)
-    dialogue.add_argument("--max-frames-per-request", type=int, default=defaults.max_frames_per_request)
-    dialogue.add_argument("--max-total-frames", type=int, default=defaults.max_total_frames)
-    dialogue.add_argument("--max-turns", type=int, default=defaults.max_turns)
-    dialogue.add_argument("--max-pixels", type=int, default=defaults.max_pixels, help="pixel budget of every frame")
-    dialogue.add_argument("--max-tokens-per-turn", type=int, default=defaults.max_tokens_per_turn)
+    add_config_arguments(parser.add_argument_group("dialogue rules (DialogueRules)"), DialogueRules)
+    add_config_arguments(parser.add_argument_group("frame decoding (DecodingConfig)"), DecodingConfig)
     parser.add_argument("--prompt-length", type=int, default=None, help="default: fits the largest opening prompt")
-    parser.add_argument("--response-length", type=int, default=4096, help="tokens for all turns after the prompt")
-    parser.add_argument("--batch-size", type=int, default=256, help="dialogues in flight at once")
-    parser.add_argument("--viewer-samples", type=int, default=20, help="dialogues shown in dialogues.html")
-    parser.add_argument("--device", default="cpu", help="torch device of the transformers backend")
-    parser.add_argument("--gpu-memory-utilization", type=float, default=0.8, help="vllm backend")
-    parser.add_argument("--tensor-parallel-size", type=int, default=1, help="vllm backend")
-    parser.add_argument("--enforce-eager", action="store_true", help="vllm backend: no CUDA graphs")
-    parser.add_argument("--vllm-kwargs", type=json.loads, default={}, help="JSON of further vLLM engine arguments")
-    args = parser.parse_args(argv)
-    if args.limit is not None and args.limit < 1:
-        parser.error("--limit must be >= 1")
-    if args.batch_size < 1:
-        parser.error("--batch-size must be >= 1")
-    return args
+    vllm = parser.add_argument_group("vllm backend")
+    vllm.add_argument("--gpu-memory-utilization", type=float, default=0.8)
+    vllm.add_argument("--tensor-parallel-size", type=int, default=1)
+    vllm.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs")
+    vllm.add_argument("--vllm-kwargs", type=json.loads, default={}, help="JSON of further vLLM engine arguments")
+    return parser.parse_args(argv)
 
 
 def settings_from_args(args: argparse.Namespace) -> EvalSettings:
-    adaptive = DialogueConfig(
-        initial_frames=args.initial_frames,
-        max_frames_per_request=args.max_frames_per_request,
-        max_total_frames=args.max_total_frames,
-        max_turns=args.max_turns,
-        max_pixels=args.max_pixels,
-        max_tokens_per_turn=args.max_tokens_per_turn,
-    )
+    adaptive = SparseVideoConfig(config_from_args(DialogueRules, args), config_from_args(DecodingConfig, args))
     methods = tuple(build_methods(adaptive, args.uniform, with_adaptive=not args.no_adaptive))
     engine_kwargs = {
         "gpu_memory_utilization": args.gpu_memory_utilization,
@@ -488,20 +488,17 @@ def settings_from_args(args: argparse.Namespace) -> EvalSettings:
         "enforce_eager": args.enforce_eager,
         **args.vllm_kwargs,
     }
+    run = {name: getattr(args, name) for name in _RUN_FLAGS}
     return EvalSettings(
-        model=str(Path(args.model).resolve()) if Path(args.model).exists() else args.model,
-        data=str(Path(args.data).resolve()),
-        out=str(Path(args.out).resolve()),
+        **{
+            **run,
+            "model": str(Path(args.model).resolve()) if Path(args.model).exists() else args.model,
+            "data": str(Path(args.data).resolve()),
+            "out": str(Path(args.out).resolve()),
+        },
         methods=methods,
-        backend=args.backend,
-        limit=args.limit,
         sampling_params={"temperature": args.temperature, "top_p": args.top_p},
-        seed=args.seed,
         prompt_length=args.prompt_length or default_prompt_length(methods),
-        response_length=args.response_length,
-        batch_size=args.batch_size,
-        viewer_samples=args.viewer_samples,
-        device=args.device,
         engine_kwargs=engine_kwargs,
     )
 

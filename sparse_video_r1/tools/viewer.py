@@ -27,7 +27,7 @@ from typing import Any
 from PIL import Image
 from verl.experimental.agent_loop.agent_loop import AgentLoopOutput
 
-from sparse_video_r1.env.config import DialogueConfig
+from sparse_video_r1.env.config import DecodingConfig
 from sparse_video_r1.env.frames import FrameSampler, VideoError, frame_index
 from sparse_video_r1.env.protocol import OPTION_LETTERS, format_timestamp
 from sparse_video_r1.training import rollout_dump
@@ -355,7 +355,7 @@ def render_rollouts(rollout_data_dir: Path, step: int | None, out: Path, *, limi
     if step not in available:
         raise FileNotFoundError(f"step {step} has no dialogue records; steps with records: {available}")
     records = rollout_dump.read_step(rollout_data_dir, step)[:limit]
-    sampler = FrameSampler.from_config(DialogueConfig(max_pixels=max_pixels, min_pixels=min(max_pixels, 3136)))
+    sampler = FrameSampler.from_config(DecodingConfig(max_pixels=max_pixels, min_pixels=min(max_pixels, 3136)))
     views = [rollout_view(record, sampler) for record in records]
     write_html(out, views, title=f"Training rollouts, step {step}")
     return out

@@ -7,7 +7,7 @@ never re-templated: verl's Continuous Token helpers append each turn to the runn
 
 Registered for verl through ``configs/agent_loops.yaml`` (``_target_: sparse_video_r1.training.agent_loop.
 SparseVideoAgentLoop``) under :data:`~sparse_video_r1.env.config.AGENT_NAME`; the dialogue settings come from
-the trainer config key ``sparse_video`` (see :class:`~sparse_video_r1.env.config.DialogueConfig`).
+the trainer config key ``sparse_video`` (see :class:`~sparse_video_r1.env.config.SparseVideoConfig`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import functools
 import logging
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from uuid import uuid4
@@ -27,9 +26,9 @@ from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopMetr
 from verl.utils.profiler import simple_timer
 from verl.utils.rollout_trace import rollout_trace_op
 
-from sparse_video_r1.env.config import DialogueConfig, from_mapping
+from sparse_video_r1.env.config import SparseVideoConfig
 from sparse_video_r1.env.dialogue import Episode, Observation, VideoQA
-from sparse_video_r1.env.frames import FrameSampler, VideoError
+from sparse_video_r1.env.frames import VideoError, shared_decoder
 
 logger = logging.getLogger(__name__)
 
@@ -40,17 +39,6 @@ ANSWER_ROOM_TOKENS = 32
 
 #: Special tokens that only the environment may write: each stands for (part of) an image or video.
 VISION_SPECIAL_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
-
-
-@functools.lru_cache(maxsize=4)
-def shared_environment(config: DialogueConfig) -> tuple[FrameSampler, ThreadPoolExecutor]:
-    """One frame sampler and decode pool per worker process.
-
-    verl builds a new agent loop object for every sample, so open videos and decode threads must live
-    at process level to be reused across samples and bounded in number.
-    """
-    pool = ThreadPoolExecutor(max_workers=config.decode_workers, thread_name_prefix="svr1-decode")
-    return FrameSampler.from_config(config), pool
 
 
 @dataclass
@@ -81,12 +69,13 @@ class _Tokens:
 class SparseVideoAgentLoop(AgentLoopBase):
     """Multi-turn adaptive-frame dialogue over one video question."""
 
-    def __init__(self, *args: Any, dialogue: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, sparse_video: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        settings = dialogue if dialogue is not None else self.config.get("sparse_video", None)
-        self.dialogue = from_mapping(DialogueConfig, settings)
+        settings = sparse_video if sparse_video is not None else self.config.get("sparse_video", None)
+        self.settings = SparseVideoConfig.from_mapping(settings)
+        self.dialogue = self.settings.dialogue
         self.response_length: int = self.rollout_config.response_length
-        self.sampler, self.decode_pool = shared_environment(self.dialogue)
+        self.sampler, self.decode_pool = shared_decoder(self.settings.decoding)
         self.end_of_turn_ids = _end_of_turn_ids(self.tokenizer)
         self.vision_token_ids = vision_token_ids(self.tokenizer)
 
@@ -224,7 +213,7 @@ class SparseVideoAgentLoop(AgentLoopBase):
             # The environment failed, not the model: the turns it wrote before the fault keep their
             # tokens (shapes stay as verl expects) but get no gradient from the zero reward.
             response_mask = [0] * len(response_mask)
-        elif self.dialogue.loss_on == "last_turn":
+        elif self.settings.training.loss_on == "last_turn":
             response_mask = only_last_turn(response_mask)
         if response_mask:
             prompt_ids, response_ids = tokens.ids[: -len(response_mask)], tokens.ids[-len(response_mask) :]

@@ -17,7 +17,7 @@ Trace format, one JSON object per line::
     {"extra_info": {"video_path": ..., "question": ..., "options": [...], "answer": "B", ...},
      "turns": ["<think>…</think><frames>3.0, 9.5</frames>", "<think>…</think><answer>B</answer>"]}
 
-An optional ``"dialogue"`` object overrides :class:`~sparse_video_r1.env.config.DialogueConfig` fields for that
+An optional ``"dialogue"`` object overrides :class:`~sparse_video_r1.env.config.DialogueRules` fields for that
 trace alone. The synthetic traces use it to mix in single-turn uniform-frame dialogues
 (``{"initial_frames": 8, "max_total_frames": 8, "max_turns": 1}``), the prompt the evaluation's
 ``uniform_N`` baselines show: a model cold-started on adaptive dialogues only has never seen that prompt,
@@ -37,14 +37,21 @@ import logging
 import random
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from sparse_video_r1.env import protocol
-from sparse_video_r1.env.config import DialogueConfig, from_mapping, uniform_baseline_fields
+from sparse_video_r1.env.config import (
+    DialogueRules,
+    SparseVideoConfig,
+    add_config_arguments,
+    config_from_args,
+    from_mapping,
+    uniform_baseline_fields,
+)
 from sparse_video_r1.env.dialogue import Episode, VideoQA
 from sparse_video_r1.env.frames import FrameSampler
 
@@ -91,12 +98,12 @@ class SFTConfig:
 class Trace:
     sample: VideoQA
     turns: tuple[str, ...]
-    #: DialogueConfig fields this trace is played with instead of the run's (see the module docstring).
+    #: DialogueRules fields this trace is played with instead of the run's (see the module docstring).
     dialogue: Mapping[str, Any] = field(default_factory=dict)
 
-    def config(self, base: DialogueConfig) -> DialogueConfig:
-        """The run's dialogue with this trace's overrides; an unknown field raises, naming it."""
-        return from_mapping(DialogueConfig, {**asdict(base), **self.dialogue})
+    def config(self, base: DialogueRules) -> DialogueRules:
+        """The run's dialogue rules with this trace's overrides; an unknown field raises, naming it."""
+        return from_mapping(DialogueRules, {**asdict(base), **self.dialogue})
 
 
 def read_traces(path: str | Path) -> list[Trace]:
@@ -109,7 +116,7 @@ def read_traces(path: str | Path) -> list[Trace]:
                 record = json.loads(line)
                 sample = VideoQA.from_extra_info(record["extra_info"])
                 trace = Trace(sample, tuple(record["turns"]), dict(record.get("dialogue") or {}))
-                trace.config(DialogueConfig())  # an unknown or invalid override fails here, with its line
+                trace.config(DialogueRules())  # an unknown or invalid override fails here, with its line
                 traces.append(trace)
             except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
                 raise ValueError(f"{path}:{line_number}: not a trace ({error})") from error
@@ -118,10 +125,10 @@ def read_traces(path: str | Path) -> list[Trace]:
     return traces
 
 
-def replay(trace: Trace, config: DialogueConfig, sampler: FrameSampler) -> tuple[list[dict[str, Any]], list[Any]]:
+def replay(trace: Trace, config: DialogueRules, sampler: FrameSampler) -> tuple[list[dict[str, Any]], list[Any]]:
     """Play a trace through the environment; return the full message list and every image shown, in order.
 
-    ``config`` is the run's dialogue; the trace's own overrides apply on top of it.
+    ``config`` is the run's dialogue rules; the trace's own overrides apply on top of it.
     """
     episode = Episode(trace.sample, trace.config(config), sampler)
     episode.start()
@@ -161,7 +168,7 @@ def assistant_spans(tokenizer: Any, ids: list[int]) -> list[tuple[int, int]]:
     return spans
 
 
-def train(config: SFTConfig, dialogue: DialogueConfig) -> dict[str, Any]:
+def train(config: SFTConfig, settings: SparseVideoConfig) -> dict[str, Any]:
     """Fine-tune ``config.model`` on the traces and save model + processor to ``config.out``."""
     from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
@@ -173,8 +180,10 @@ def train(config: SFTConfig, dialogue: DialogueConfig) -> dict[str, Any]:
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
-    sampler = FrameSampler.from_config(dialogue)
-    examples = [encode_dialogue(processor, *replay(trace, dialogue, sampler)) for trace in read_traces(config.traces)]
+    sampler = FrameSampler.from_config(settings.decoding)
+    examples = [
+        encode_dialogue(processor, *replay(trace, settings.dialogue, sampler)) for trace in read_traces(config.traces)
+    ]
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr)
     warmup = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
@@ -211,7 +220,7 @@ def train(config: SFTConfig, dialogue: DialogueConfig) -> dict[str, Any]:
     processor.save_pretrained(out)
     metrics = {
         "config": asdict(config),
-        "dialogue": asdict(dialogue),
+        "sparse_video": asdict(settings),
         "examples": len(examples),
         "first_epoch_loss": sum(losses[: len(examples)]) / len(examples),
         "last_epoch_loss": sum(losses[-len(examples) :]) / len(examples),
@@ -227,7 +236,7 @@ def train(config: SFTConfig, dialogue: DialogueConfig) -> dict[str, Any]:
 def synthetic_traces(
     samples: Iterable[VideoQA],
     durations: Sequence[float],
-    config: DialogueConfig,
+    config: DialogueRules,
     *,
     seed: int = 0,
     request_probability: float = 0.7,
@@ -283,17 +292,17 @@ def _extra_info(sample: VideoQA) -> dict[str, Any]:
     }
 
 
-def _make_traces(args: argparse.Namespace, dialogue: DialogueConfig) -> None:
+def _make_traces(args: argparse.Namespace, settings: SparseVideoConfig) -> None:
     import pandas as pd
 
     frame = pd.read_parquet(args.data)
     samples = [VideoQA.from_extra_info(info) for info in frame["extra_info"]]
-    sampler = FrameSampler.from_config(dialogue)
+    sampler = FrameSampler.from_config(settings.decoding)
     durations = [sampler.info(sample.video_path).duration for sample in samples]
     traces = synthetic_traces(
         samples,
         durations,
-        dialogue,
+        settings.dialogue,
         seed=args.seed,
         request_probability=args.request_prob,
         uniform_share=args.uniform_share,
@@ -307,28 +316,13 @@ def _make_traces(args: argparse.Namespace, dialogue: DialogueConfig) -> None:
     logger.info("wrote %d traces (%d with requests, %d uniform) to %s", len(traces), requested, uniform, args.out)
 
 
-def _config_fields(cls: type) -> list[str]:
-    return [spec.name for spec in fields(cls) if "help" in spec.metadata]
-
-
-def _add_config_arguments(parser: argparse.ArgumentParser, cls: type, skip: Sequence[str] = ()) -> None:
-    """One ``--flag`` per documented config field: the dataclass stays the one declaration of each setting."""
-    for spec in fields(cls):
-        if spec.name in skip or "help" not in spec.metadata:
-            continue
-        flag = "--" + spec.name.replace("_", "-")
-        if spec.type in ("bool", bool):
-            parser.add_argument(
-                flag, action=argparse.BooleanOptionalAction, default=spec.default, help=spec.metadata["help"]
-            )
-            continue
-        kind = {"int": int, "float": float}.get(str(spec.type).split(" ")[0], str)
-        parser.add_argument(flag, type=kind, default=spec.default, help=spec.metadata["help"])
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dialogue", default="{}", help="DialogueConfig fields as JSON")
+    parser.add_argument(
+        "--dialogue",
+        default="{}",
+        help='sparse_video settings as JSON, by section: {"dialogue": {...}, "decoding": {...}}',
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     make = commands.add_parser("make-traces", help="synthetic traces from a preprocessed parquet")
     make.add_argument("--data", required=True)
@@ -343,17 +337,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     fit.add_argument("--model", required=True)
     fit.add_argument("--traces", required=True)
     fit.add_argument("--out", required=True)
-    _add_config_arguments(fit, SFTConfig, skip=("model", "traces", "out"))
+    add_config_arguments(fit, SFTConfig)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    dialogue = from_mapping(DialogueConfig, json.loads(args.dialogue))
+    settings = SparseVideoConfig.from_mapping(json.loads(args.dialogue))
     if args.command == "make-traces":
-        _make_traces(args, dialogue)
+        _make_traces(args, settings)
     else:
-        config = SFTConfig(
-            args.model, args.traces, args.out, **{name: getattr(args, name) for name in _config_fields(SFTConfig)}
-        )
-        logger.info("SFT done: %s", json.dumps(train(config, dialogue)))
+        config = config_from_args(SFTConfig, args, model=args.model, traces=args.traces, out=args.out)
+        logger.info("SFT done: %s", json.dumps(train(config, settings)))
 
 
 if __name__ == "__main__":

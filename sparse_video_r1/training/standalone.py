@@ -25,7 +25,7 @@ from verl.experimental.agent_loop.agent_loop import (
 from verl.utils.dataset.rl_dataset import RLHFDataset
 from verl.utils.tokenizer import hf_processor, hf_tokenizer
 
-from sparse_video_r1.env.config import DialogueConfig
+from sparse_video_r1.env.config import SparseVideoConfig
 from sparse_video_r1.serving.base import GenerateServer
 from sparse_video_r1.training.agent_loop import SparseVideoAgentLoop
 
@@ -41,7 +41,7 @@ class Turn:
 def make_agent_loop(
     model_path: str | Path,
     server: GenerateServer,
-    dialogue: DialogueConfig,
+    settings: SparseVideoConfig,
     *,
     prompt_length: int = 2048,
     response_length: int = 4096,
@@ -54,7 +54,7 @@ def make_agent_loop(
                 "model": {"path": str(model_path)},
             },
             "data": {"apply_chat_template_kwargs": {}, "mm_processor_kwargs": {}},
-            "sparse_video": asdict(dialogue),
+            "sparse_video": asdict(settings),
         }
     )
     return SparseVideoAgentLoop(
