@@ -118,8 +118,12 @@ def test_the_cue_is_monotone_in_time_and_decodes_back_after_resizing(slot: int) 
     assert needle.read_cue(image) == slot
     assert needle.read_card(image) is None
     if slot:
-        assert needle.cue_level(slot) > needle.cue_level(slot - 1)
+        assert needle.cue_column(slot) > needle.cue_column(slot - 1)
         assert needle.slot_centre(slot) > needle.slot_centre(slot - 1)
+    # The bars repeat once per visual token (SIDE px shown at 112 px: 28-px merges of 14-px patches) and every
+    # slot's frame has the same mean grey: only where the bars sit tells the slots apart.
+    assert needle.SIDE % needle.CUE_PERIOD == 0 and needle.NUM_SLOTS <= needle.CUE_PERIOD
+    assert needle.cue_image(slot).mean() == needle.cue_image(0).mean()
 
 
 @pytest.mark.parametrize("colour", range(len(needle.COLOURS)))

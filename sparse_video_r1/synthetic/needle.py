@@ -8,20 +8,27 @@ Design
 
 * A video is 20-60 s of small frames (56x56 at 2 fps; the dialogue shows each as 16 visual tokens). A card
   (one of :data:`COLOURS`) fills the frame for :data:`NEEDLE_SECONDS` seconds; every other frame is a
-  flat grey. The question asks the card's colour; the five options are always the colours in the same
+  grey cue frame. The question asks the card's colour; the five options are always the colours in the same
   order, so the answer letter depends on the card alone. Answering blind scores 20 %.
 * The card is centred on one of :data:`NUM_SLOTS` fixed times ``3, 9, ..., 57`` s (slot ``k`` at
   ``SLOT_SECONDS * (k + 0.5)``) that lies inside the video and whose card no initial uniform frame shows:
   the dialogue's opening frames never hit the needle, so answering at once stays at chance.
-* The cue: the grey of every non-card frame encodes the card's slot (:func:`cue_level`, dark = early,
-  bright = late). Any initial frame therefore says where the card is, and a policy that reads it can
-  request the slot's centre (``<frames>27</frames>``) and see the card in one request.
+* The cue: every non-card frame is dark grey crossed by thin bright vertical bars, one every
+  :data:`CUE_PERIOD` pixels, whose column within the period encodes the card's slot (:func:`cue_column`,
+  left = early, right = late). Any initial frame therefore says where the card is, and a policy that reads
+  it can request the slot's centre (``<frames>27</frames>``) and see the card in one request.
 
 Why this is learnable by the tiny model (2-layer, 64-wide vision tower, 2-layer 128-wide LM)
 ---------------------------------------------------------------------------------------------
 
-* The cue is a property of the *whole* frame, so every one of the four visual tokens of every initial
-  frame carries it: no spatial reasoning, just a per-token feature the LM can attend to.
+* The bar pattern repeats with the period of one visual token (the frame is shown at 112x112: a period of
+  28 px is one 2x2 merge of 14-px patches), so every one of the 16 visual tokens of every initial frame
+  carries the cue: no spatial reasoning, just a per-token feature the LM can attend to. And the patch
+  embedding is linear in the pixels, so each bar column lands on its own direction, which a linear readout
+  tells apart. The first cue, a flat grey whose level gave the slot, put all ten slots on one line (the
+  embedding of ``level * ones``) that the model had to cut into ten intervals. Fine-tuned on informed
+  traces (``scripts/needle_learnability.sh``), the tiny model was shown the card in 49 % of 128 held-out
+  videos with the grey cue and in all of them with the bars (``docs/results/needle/learnability/``).
 * The cue gives the card's time on an absolute grid of ten integers, not as a fraction of the video's
   duration: turning a fraction into seconds would ask a 2-layer LM to multiply a visual reading by a
   number from the prompt, learnable in principle but not in a few GRPO steps. Here the request is a
@@ -86,7 +93,7 @@ logger = logging.getLogger(__name__)
 
 DATA_SOURCE = "needle"
 FPS = 2.0
-#: Frame side in pixels; frames are flat colours, so any resize shows the same content.
+#: Frame side in pixels; a multiple of CUE_PERIOD.
 SIDE = 56
 MIN_SECONDS = 20.0
 MAX_SECONDS = 60.0
@@ -104,14 +111,16 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "yellow": (230, 210, 40),
     "purple": (150, 50, 200),
 }
-#: Grey of slot 0 and of the last slot; the slots in between are evenly spaced.
-CUE_LEVELS = (20, 235)
+#: The cue frame's bar pattern repeats every CUE_PERIOD pixels: one visual token's width once shown at 2x.
+CUE_PERIOD = 14
+#: Grey of a cue frame's ground and of its bars.
+CUE_GROUND, CUE_BAR = 40, 220
 #: A frame whose channels differ by less than this (after coding) is grey, i.e. a cue frame.
 _GREY_CHROMA = 60.0
 QUESTION = (
     f"A coloured card fills the screen for {NEEDLE_SECONDS:g} seconds. Which colour is it? Every other frame "
-    f"is grey, and the brighter the grey, the later the card: darkest means near 0 seconds, "
-    f"brightest near {MAX_SECONDS:g} seconds."
+    f"is grey with thin bright bars, and the further right the bars, the later the card: leftmost means near "
+    f"0 seconds, rightmost near {MAX_SECONDS:g} seconds."
 )
 #: The dialogue the task is built for: four opening frames, then at most two one-frame requests. Every
 #: frame is shown at DecodingConfig's default minimum size (16 visual tokens), so tools that set only a
@@ -131,14 +140,18 @@ def slot_centre(slot: int) -> float:
     return SLOT_SECONDS * (slot + 0.5)
 
 
-def cue_level(slot: int) -> int:
-    """The grey level every non-card frame of a video whose card is in ``slot`` shows."""
-    low, high = CUE_LEVELS
-    return round(low + (high - low) * slot / (NUM_SLOTS - 1))
+def cue_column(slot: int) -> int:
+    """The column, within each :data:`CUE_PERIOD`, of the bars every non-card frame of a video whose card is in
+    ``slot`` shows."""
+    if not 0 <= slot < NUM_SLOTS:
+        raise ValueError(f"slot must be in 0..{NUM_SLOTS - 1}, got {slot}")
+    return slot
 
 
 def cue_image(slot: int) -> np.ndarray:
-    return np.full((SIDE, SIDE, 3), cue_level(slot), dtype=np.uint8)
+    image = np.full((SIDE, SIDE, 3), CUE_GROUND, dtype=np.uint8)
+    image[:, cue_column(slot) :: CUE_PERIOD] = CUE_BAR
+    return image
 
 
 def card_image(colour: int) -> np.ndarray:
@@ -162,13 +175,16 @@ def read_card(image: Image.Image | np.ndarray) -> int | None:
 
 
 def read_cue(image: Image.Image | np.ndarray) -> int:
-    """The slot a grey frame's level encodes; ValueError for a card frame."""
+    """The slot a grey frame's bars encode; ValueError for a card frame."""
     rgb = _mean_rgb(image)
     if rgb.max() - rgb.min() >= _GREY_CHROMA:
         raise ValueError(f"mean colour {rgb.round().tolist()} is a card, not a cue frame")
-    levels = [cue_level(slot) for slot in range(NUM_SLOTS)]
-    gaps = [abs(float(rgb.mean()) - level) for level in levels]
-    return gaps.index(min(gaps))
+    grey = image.convert("L") if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image)).convert("L")
+    # Back to the frame's own size (the dialogue shows it at 2x), then the mean brightness of each column of
+    # the period: the bars' column is the brightest.
+    pixels = np.asarray(grey.resize((SIDE, SIDE), Image.Resampling.BOX), dtype=np.float32)
+    profile = pixels.mean(axis=0).reshape(-1, CUE_PERIOD).mean(axis=0)
+    return int(np.argmax(profile[:NUM_SLOTS]))
 
 
 @dataclass(frozen=True)
