@@ -191,7 +191,9 @@ def summarize(run: Path) -> dict[str, Any]:
         "totals": {
             "multi_turn_samples_trained": sum(row["multi_turn_samples"] for row in with_dumps) if with_dumps else None,
             "samples_trained": sum(row["samples"] for row in with_dumps) if with_dumps else None,
-            "parseable_turn_share": record_stats(all_records)["parseable_turn_share"] if all_records else None,
+            "parseable_turn_share": (
+                dialogue_metrics(all_records)[f"{PREFIX}/parseable_turn_share"] if all_records else None
+            ),
             "actor_peak_gpu_memory_allocated_gb": max(
                 (row["actor_peak_gpu_memory_allocated_gb"] or 0.0 for row in steps), default=None
             ),

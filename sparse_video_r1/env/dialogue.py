@@ -53,7 +53,7 @@ from typing import Any
 from PIL import Image
 
 from sparse_video_r1.env import protocol
-from sparse_video_r1.env.config import DialogueRules
+from sparse_video_r1.env.config import IMAGE_FACTOR, DialogueRules
 from sparse_video_r1.env.frames import (
     DecodeTimeoutError,
     FrameSampler,
@@ -215,9 +215,9 @@ class Episode:
         :data:`UNAVAILABLE_TEXT`, for a question too long for the prompt even without frames. The blank
         frame is the smallest square the sampler would return; it is no shown frame of :meth:`summary`.
         """
-        side = 28
+        side = IMAGE_FACTOR
         while side * side < self.sampler.min_pixels:
-            side += 28
+            side += IMAGE_FACTOR
         self.placeholder = Image.new("RGB", (side, side))
         if with_question:
             self.messages = self.opening_messages([TimedFrame(timestamp=0.0, index=0, image=self.placeholder)])
