@@ -101,3 +101,29 @@ def test_profile_summary_groups_a_pool_and_merges_a_functions_lines() -> None:
     assert (main["thread"], main["process"]) == ("MainThread", "python run.py")
     with pytest.raises(ValueError, match="line 1"):
         profile_summary.parse(["no count here\n"])
+
+
+def test_sft_step_benchmark_runs_the_cold_start_both_ways_on_cpu(
+    tiny_model_dir: Path, make_video, tmp_path: Path
+) -> None:
+    import json
+
+    import sft_step
+
+    from sparse_video_r1.env.config import DialogueRules
+    from sparse_video_r1.env.dialogue import VideoQA
+    from sparse_video_r1.training.sft import SFTConfig, synthetic_traces
+
+    video = str(make_video(num_frames=40, fps=10.0, width=320, height=240))
+    sample = VideoQA(video, "Which?", ("a", "b", "c"), "B", "q0")
+    traces = tmp_path / "traces.jsonl"
+    lines = synthetic_traces([sample] * 3, [4.0] * 3, DialogueRules(), seed=0, request_probability=1.0)
+    traces.write_text("".join(json.dumps(trace) + "\n" for trace in lines))
+    config = SFTConfig(model=str(tiny_model_dir), traces=str(traces), out=str(tmp_path), device="cpu", dtype="float32")
+    payload = sft_step.run(config, sft_step.SparseVideoConfig(), dialogues=2, work=tmp_path)
+    per_window, batched = payload["results"]
+    assert (per_window["variant"], batched["variant"]) == ("per_window", "batched_windows")
+    assert per_window["dialogues"] == batched["dialogues"] == 2
+    assert batched["loss"] == pytest.approx(per_window["loss"], rel=1e-5)  # same weights, same arithmetic
+    assert batched["aten_ops_one_dialogue"] < per_window["aten_ops_one_dialogue"]
+    assert "batched_windows" in sft_step.table(payload)

@@ -111,3 +111,14 @@ def test_a_short_cpu_run_lowers_the_loss_and_saves_a_loadable_checkpoint(sample,
     assert metrics["last_epoch_loss"] < metrics["first_epoch_loss"]
     assert json.loads((out / "sft_metrics.json").read_text())["examples"] == 6
     AutoProcessor.from_pretrained(out)
+    assert metrics["epochs_done"] == 3 and not metrics["stopped_by_time_budget"]
+
+
+def test_a_time_budget_stops_training_after_the_step_that_spends_it(sample, tiny_model_dir, tmp_path):
+    traces = synthetic_traces([sample] * 4, [6.0] * 4, CONFIG, seed=0)
+    path = tmp_path / "traces.jsonl"
+    path.write_text("".join(json.dumps(trace) + "\n" for trace in traces))
+    config = SFTConfig(str(tiny_model_dir), str(path), str(tmp_path / "ckpt"), epochs=5, device="cpu", time_budget_s=0)
+    metrics = train(config, SETTINGS)
+    assert metrics["stopped_by_time_budget"] and metrics["epochs_done"] == 0.25  # one dialogue of four
+    assert metrics["first_epoch_loss"] == metrics["last_epoch_loss"]

@@ -28,6 +28,8 @@ STEPS=${STEPS:-5}
 QUESTIONS=${QUESTIONS:-8}
 SFT_EPOCHS=${SFT_EPOCHS:-2}
 SFT_LR=${SFT_LR:-1e-4}
+# Seconds of SFT after which it stops at the next optimizer step (a lease has a fixed length); empty = no limit.
+SFT_TIME_BUDGET=${SFT_TIME_BUDGET:-}
 # verl quiets vLLM to WARN unless the variable is already set; INFO brings vLLM's weights/KV-cache report.
 export RAY_AUTH_MODE=disabled VLLM_USE_FLASHINFER_SAMPLER=0 PYTHONUNBUFFERED=1 VLLM_LOGGING_LEVEL=${VLLM_LOGGING_LEVEL:-INFO}
 mkdir -p "$WORK"
@@ -50,9 +52,10 @@ if stage sft; then
   # (16 bytes a parameter: 60 GiB at 3B). SFT_PRECISION=bfloat16 keeps 8 (a 7B's 62 GiB fits one GPU).
   if [ "${SFT_PRECISION:-mixed}" = bfloat16 ]; then precision=(--dtype bfloat16); else
     precision=(--dtype float32 --autocast bfloat16); fi
+  budget=(); [ -n "$SFT_TIME_BUDGET" ] && budget=(--time-budget-s "$SFT_TIME_BUDGET")
   "$PY" -m sparse_video_r1.training.sft train --model "$WORK/model" --traces "$WORK/traces.jsonl" --out "$WORK/sft" \
     --device "$DEVICE" --epochs "$SFT_EPOCHS" --lr "$SFT_LR" "${precision[@]}" \
-    --warmup-steps 20 --max-grad-norm 1.0 --gradient-checkpointing 2>&1 | tee "$OUT/sft.log"
+    --warmup-steps 20 --max-grad-norm 1.0 --gradient-checkpointing "${budget[@]}" 2>&1 | tee "$OUT/sft.log"
   cp "$WORK/sft/sft_metrics.json" "$OUT/"
 fi
 stage train || exit 0

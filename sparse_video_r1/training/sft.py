@@ -92,6 +92,20 @@ class SFTConfig:
     gradient_checkpointing: bool = field(
         default=False, metadata={"help": "recompute activations in backward: long dialogues of big models fit"}
     )
+    time_budget_s: float | None = field(
+        default=None,
+        metadata={
+            "help": "stop after the optimizer step that passes this many seconds of training (a GPU lease has a "
+            "fixed length); the metrics record how far it got"
+        },
+    )
+    batch_vision_windows: bool = field(
+        default=True,
+        metadata={
+            "help": "without flash-attn, attend all vision windows of one length in one SDPA call instead of one "
+            "call per window (same result; see training/vision_windows.py)"
+        },
+    )
 
 
 @dataclass(frozen=True)
@@ -177,6 +191,10 @@ def train(config: SFTConfig, settings: SparseVideoConfig) -> dict[str, Any]:
     processor = AutoProcessor.from_pretrained(config.model)
     dtype = getattr(torch, config.dtype)
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(config.model, dtype=dtype).to(config.device)
+    if config.batch_vision_windows:
+        from sparse_video_r1.training.vision_windows import batch_vision_windows
+
+        batch_vision_windows(model)
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
@@ -196,6 +214,7 @@ def train(config: SFTConfig, settings: SparseVideoConfig) -> dict[str, Any]:
     losses: list[float] = []
     tokens_trained = 0
     started = time.perf_counter()
+    out_of_time = False
     for epoch in range(config.epochs):
         rng.shuffle(examples)
         for step, example in enumerate(examples, start=1):
@@ -211,7 +230,15 @@ def train(config: SFTConfig, settings: SparseVideoConfig) -> dict[str, Any]:
                 optimizer.step()
                 warmup.step()
                 optimizer.zero_grad(set_to_none=True)
-        logger.info("epoch %d: mean loss %.4f", epoch + 1, sum(losses[-len(examples) :]) / len(examples))
+                elapsed = time.perf_counter() - started
+                out_of_time = config.time_budget_s is not None and elapsed > config.time_budget_s
+                if out_of_time:
+                    break
+        done = len(losses) - epoch * len(examples)
+        logger.info("epoch %d: mean loss %.4f over %d dialogues", epoch + 1, sum(losses[-done:]) / done, done)
+        if out_of_time:
+            logger.info("time budget of %.0f s spent after %d dialogues", config.time_budget_s, len(losses))
+            break
     seconds = time.perf_counter() - started
     out = Path(config.out)
     if config.autocast is not None:
@@ -222,9 +249,12 @@ def train(config: SFTConfig, settings: SparseVideoConfig) -> dict[str, Any]:
         "config": asdict(config),
         "sparse_video": asdict(settings),
         "examples": len(examples),
-        "first_epoch_loss": sum(losses[: len(examples)]) / len(examples),
-        "last_epoch_loss": sum(losses[-len(examples) :]) / len(examples),
+        "first_epoch_loss": sum(losses[: len(examples)]) / len(losses[: len(examples)]),
+        "last_epoch_loss": sum(losses[-len(examples) :]) / len(losses[-len(examples) :]),
+        "epochs_done": len(losses) / len(examples),
+        "stopped_by_time_budget": out_of_time,
         "seconds": seconds,
+        "seconds_per_dialogue": seconds / len(losses),
         "assistant_tokens_trained": tokens_trained,
         "parameters": sum(parameter.numel() for parameter in model.parameters()),
         "peak_gpu_memory_gb": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
