@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -86,8 +87,28 @@ exec REAL_PYTHON "$@"
 """
 
 
+#: Stands in for `-m verl.trainer.main_ppo` in the PARALLEL `train` stage: connects to Ray the way verl does with
+#: `ray_init.address=auto`, notes its job id and seed, then waits until every run has begun (they run side by side).
+FAKE_PYTHON_PARALLEL = """#!/usr/bin/env bash
+if [ "$2" = verl.trainer.main_ppo ]; then
+  args=$(printf '%s\\n' "$@")
+  name=$(sed -n 's/^trainer.experiment_name=//p' <<< "$args")
+  address=$(sed -n 's/^+ray_kwargs.ray_init.address=//p' <<< "$args")
+  seed=$(sed -n 's/^data.seed=//p' <<< "$args")
+  job=$(REAL_PYTHON -c "import ray; ray.init(address='$address', logging_level='ERROR')
+print(ray.get_runtime_context().get_job_id())")
+  echo "begin $name $job seed=$seed" >> "$WORK/runs.log"
+  echo '{"step": 1}' >> "$VERL_FILE_LOGGER_PATH"
+  for _ in $(seq 120); do [ "$(grep -c begin "$WORK/runs.log")" -ge "$RUNS" ] && break; sleep 1; done
+  echo "end $name" >> "$WORK/runs.log"
+  exit 0
+fi
+exec REAL_PYTHON "$@"
+"""
+
+
 def run_needle_stage(
-    tmp_path: Path, stage: str, fake: str, deadline_s: int = 200
+    tmp_path: Path, stage: str, fake: str, deadline_s: int = 200, timeout_s: int = 120, **extra: str
 ) -> tuple[subprocess.CompletedProcess[str], Path]:
     """needle_grpo.sh's ``stage`` with ``fake`` as its ``PYTHON`` (REAL_PYTHON: the interpreter running the tests)."""
     python = tmp_path / "bin" / "python"
@@ -102,13 +123,11 @@ def run_needle_stage(
         STAGE=stage,
         DEADLINE_S=str(deadline_s),
         PACK_S="0",
-        START_S="30",
-        STALL_S="2",
-        POLL_S="1",
+        **{"START_S": "30", "STALL_S": "2", "POLL_S": "1", **extra},
     )
     result = subprocess.run(
         ["bash", str(ROOT / "scripts" / "gpu" / "needle_grpo.sh"), str(tmp_path / "out")],
-        env=env, capture_output=True, text=True, timeout=120,
+        env=env, capture_output=True, text=True, timeout=timeout_s,
     )  # fmt: skip
     return result, work
 
@@ -129,6 +148,26 @@ def test_needle_train_stage_runs_main_then_ablation_never_both_at_once(tmp_path:
     assert int(main_budget) <= 200 < int(ablation_budget)  # main stops halfway to the 400-s deadline
 
 
+def test_needle_parallel_runs_share_the_host_each_with_its_own_ray_job_id(tmp_path: Path) -> None:
+    ray_dir = tempfile.mkdtemp(prefix="rs", dir="/tmp")  # Ray's socket paths under it must fit in 107 bytes
+    extra = {"PARALLEL": "1", "RL_SEEDS": "0 1", "RUNS": "4", "RAY_SLOT_DIR": f"{ray_dir}/", "START_S": "120"}
+    extra["STALL_S"] = "150"
+    result, work = run_needle_stage(tmp_path, "train", FAKE_PYTHON_PARALLEL, deadline_s=400, timeout_s=300, **extra)
+    assert result.returncode == 0, result.stdout + result.stderr
+    events = (work / "runs.log").read_text().splitlines()
+    begins = [line.split() for line in events if line.startswith("begin")]
+    assert [line.split()[0] for line in events] == ["begin"] * 4 + ["end"] * 4  # all four side by side
+    runs = {name: (job, seed) for _, name, job, seed in begins}
+    assert set(runs) == {"needle_main", "needle_ablation", "needle_main_s1", "needle_ablation_s1"}
+    # Distinct Ray job ids, so distinct weight-sync sockets: slot k's job id is k + 1 modulo 16.
+    slots = {int.from_bytes(bytes.fromhex(job), "little") % 16 for job, _ in runs.values()}
+    assert slots == {2, 3, 4, 5}
+    assert runs["needle_main_s1"][1] == runs["needle_ablation_s1"][1] == "seed=1"
+    assert runs["needle_main"][1] == "seed=0"
+    leftover = subprocess.run(["pgrep", "-f", ray_dir], capture_output=True, text=True)
+    assert leftover.stdout == ""  # every run's Ray cluster ended with it
+
+
 def test_needle_watchdog_stops_a_run_that_stops_logging_steps_and_resumes_it(tmp_path: Path) -> None:
     result, work = run_needle_main(tmp_path, 'echo $$ > "$WORK/hung.pid"; exec sleep 300')
     assert result.returncode == 0, result.stderr
@@ -147,3 +186,14 @@ def test_needle_run_that_fails_before_the_deadline_is_resumed(tmp_path: Path) ->
     assert (work / "starts").read_text().splitlines() == ["start", "start"]
     assert "exit status 1" in result.stdout and "resuming from its last checkpoint after a crash" in result.stdout
     assert "no step logged" not in result.stdout
+
+
+def test_ray_slot_fails_at_once_naming_the_head_log_when_its_head_cannot_start(tmp_path: Path) -> None:
+    too_long = tmp_path / ("x" * 80)  # Ray's socket paths under it exceed AF_UNIX's 107 bytes
+    result = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "gpu" / "ray_slot.sh"), "1", "true"],
+        env=script_env(RAY_SLOT_DIR=f"{too_long}/", RAY_SLOT_START_S="60"),
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "slot 1's head exited" in result.stderr and "AF_UNIX path length" in result.stderr

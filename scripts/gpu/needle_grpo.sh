@@ -14,7 +14,12 @@
 #             of attempts 2 and 4 hung in update_weights (docs/results/needle/attempt4/README.md).
 #             Each vLLM engine has a fixed KV cache (kv_cache_memory_bytes: skips vLLM's memory profiling,
 #             which fails when another process on the GPU frees memory meanwhile).
-#   main, ablation   one run alone (the fallback if two at once do not fit).
+#             PARALLEL=1 runs them side by side instead, each until the deadline, each verl job on a Ray cluster
+#             of its own whose job id differs (scripts/gpu/ray_slot.sh), so their weight-sync sockets differ.
+#             RL_SEEDS (default "0") repeats both arms per seed from the same cold start: the seed sets verl's
+#             data order (data.seed) and vLLM's sampling (rollout.seed = 42 + seed); runs of seed s > 0 are named
+#             main_s<s> and ablation_s<s>. With PARALLEL=1 all 2 x seeds runs share the GPU: lower GPU_UTIL.
+#   main, ablation   one run alone, for each of RL_SEEDS in turn (the fallback if runs side by side do not fit).
 #   report    held-out evaluation (python -m sparse_video_r1.tools.evaluate, vLLM, greedy) of the SFT model
 #             (adaptive and uniform 4/8/16/32) and of both RL models (adaptive), then the table.
 # Every call ends by writing the curves of what the runs have done so far (OUT_DIR/needle_curves.{png,json}),
@@ -70,6 +75,8 @@ PROXIMITY=${PROXIMITY:-0.5}
 GPU_UTIL=${GPU_UTIL:-0.25}
 KV_CACHE_GB=${KV_CACHE_GB:-4}
 SEED=${SEED:-0}
+RL_SEEDS=${RL_SEEDS:-0}
+PARALLEL=${PARALLEL:-0}
 PROMPT_LENGTH=${PROMPT_LENGTH:-768}
 RESPONSE_LENGTH=${RESPONSE_LENGTH:-384}
 DEADLINE=$((${DEADLINE_AT:-$((STARTED + DEADLINE_S))} - PACK_S))
@@ -81,9 +88,13 @@ EVAL_DIALOGUE+=(--response-length "$RESPONSE_LENGTH")
 has_stage() { [[ ",$STAGE," == *",$1,"* ]]; }
 log() { echo "[needle_grpo $(($(date +%s) - STARTED))s] $*"; }
 
-overrides() {  # overrides RUN_NAME LOSS_ON
+run_name() { if [ "$2" = 0 ]; then echo "$1"; else echo "$1_s$2"; fi; }  # run_name ARM RL_SEED
+
+overrides() {  # overrides RUN_NAME LOSS_ON RL_SEED
   local run=$WORK/runs/$1
   printf '%s\n' \
+    "data.seed=$3" \
+    "actor_rollout_ref.rollout.seed=$((42 + $3))" \
     "data.train_files=$WORK/data/train.parquet" \
     "data.val_files=$WORK/data/val.parquet" \
     "data.train_batch_size=$BATCH" \
@@ -114,7 +125,7 @@ overrides() {  # overrides RUN_NAME LOSS_ON
     "sparse_video.training.loss_on=$2" \
     "reward.custom_reward_function.path=pkg://sparse_video_r1.synthetic.needle" \
     "++reward.custom_reward_function.reward_kwargs.proximity_weight=$PROXIMITY" \
-    "+ray_kwargs.ray_init.address=local" \
+    "+ray_kwargs.ray_init.address=$( [ -n "${SLOT:-}" ] && echo auto || echo local)" \
     "trainer.use_v1=False" \
     "+actor_rollout_ref.rollout.agent.agent_loop_manager_class=sparse_video_r1.training.verl_metrics.DialogueMetricsAgentLoopManager" \
     "trainer.n_gpus_per_node=1" \
@@ -135,7 +146,7 @@ overrides() {  # overrides RUN_NAME LOSS_ON
 }
 
 if [ "${PRINT_OVERRIDES:-0}" = 1 ]; then
-  overrides main all_turns
+  overrides main all_turns 0
   [ $# -gt 0 ] && printf '%s\n' "$@"
   exit 0
 fi
@@ -143,8 +154,8 @@ fi
 STALLED=75  # grpo_once's status when its watchdog stopped a hanging run
 CRASHED=76  # ... when the run exited with an error before the deadline
 
-grpo() {  # grpo RUN_NAME LOSS_ON [extra overrides...]: run until STEPS or RUN_DEADLINE (default DEADLINE), then export
-  # the last HF model
+grpo() {  # grpo RUN_NAME LOSS_ON RL_SEED [extra overrides...]: run until STEPS or RUN_DEADLINE (default DEADLINE),
+  # then export the last HF model. With SLOT set, verl runs on a Ray cluster of its own (scripts/gpu/ray_slot.sh).
   local name=$1 stalls=0 status
   mkdir -p "$WORK/runs/$1"
   while :; do
@@ -162,9 +173,10 @@ grpo() {  # grpo RUN_NAME LOSS_ON [extra overrides...]: run until STEPS or RUN_D
 }
 
 grpo_once() {  # one verl process, until it ends, meets the deadline, or stalls (then it returns STALLED)
-  local name=$1 loss_on=$2 run=$WORK/runs/$1 part budget pid status=0 metrics
-  mapfile -t args < <(overrides "$1" "$2")
-  shift 2
+  local name=$1 loss_on=$2 run=$WORK/runs/$1 part budget pid status=0 metrics launcher=()
+  mapfile -t args < <(overrides "$1" "$2" "$3")
+  shift 3
+  [ -n "${SLOT:-}" ] && launcher=(bash "$ROOT/scripts/gpu/ray_slot.sh" "$SLOT")
   part=$(date +%Y%m%d-%H%M%S)
   local deadline=${RUN_DEADLINE:-$DEADLINE}
   budget=$((deadline - $(date +%s)))
@@ -178,7 +190,7 @@ grpo_once() {  # one verl process, until it ends, meets the deadline, or stalls 
   log "$name: starting (loss_on=$loss_on, at most ${budget}s; log $run/grpo_$part.log)"
   # timeout puts the run in its own process group and signals all of it (Ray and vLLM processes included).
   MLP_CURRENT_CAPACITY_BLOCK_EXPIRATION_TIMESTAMP=$deadline VERL_FILE_LOGGER_PATH=$metrics \
-    timeout -s TERM -k 20 "$budget" "$PY" -m verl.trainer.main_ppo --config-path="$ROOT/configs" \
+    timeout -s TERM -k 20 "$budget" "${launcher[@]}" "$PY" -m verl.trainer.main_ppo --config-path="$ROOT/configs" \
     --config-name=sparse_video_grpo "${args[@]}" "$@" > "$run/grpo_$part.log" 2>&1 &
   pid=$!
   # Watchdog: verl logs a metrics line per step. None for START_S after the start, or for STALL_S after the
@@ -218,9 +230,12 @@ export_hf_model() {  # export_hf_model RUN_NAME: the latest checkpoint's HF mode
   log "$1: HF model of step $step in $run/hf_model"
 }
 
+run_names() { for seed in $RL_SEEDS; do run_name main "$seed"; run_name ablation "$seed"; done; }
+
 curves() {
-  "$PY" scripts/plot_needle_curves.py --run "main=$WORK/runs/main" --run "ablation=$WORK/runs/ablation" \
-    --out "$OUT" || log "plotting failed"
+  local runs=() name
+  for name in $(run_names); do runs+=(--run "$name=$WORK/runs/$name"); done
+  "$PY" scripts/plot_needle_curves.py "${runs[@]}" --out "$OUT" || log "plotting failed"
 }
 
 if has_stage prepare; then
@@ -238,12 +253,31 @@ if has_stage prepare; then
   log "SFT done: $("$PY" -c 'import json, sys; m = json.load(open(sys.argv[1])); print({k: m[k] for k in ("examples", "first_epoch_loss", "last_epoch_loss", "seconds")})' "$WORK/sft/sft_metrics.json")"
 fi
 [ -d "$WORK/sft" ] || { echo "no $WORK/sft: run STAGE=prepare first (the device machine was replaced?)" >&2; exit 1; }
-if has_stage train; then
-  RUN_DEADLINE=$(($(date +%s) + (DEADLINE - $(date +%s)) / 2)) grpo main all_turns "$@"
-  grpo ablation last_turn "$@"
+if has_stage train && [ "$PARALLEL" = 1 ]; then
+  slot=0
+  for seed in $RL_SEEDS; do
+    for arm in main:all_turns ablation:last_turn; do
+      slot=$((slot + 1))
+      name=$(run_name "${arm%%:*}" "$seed")
+      mkdir -p "$WORK/runs/$name"
+      log "$name: slot $slot (log $WORK/runs/$name/driver.log)"
+      SLOT=$slot grpo "$name" "${arm#*:}" "$seed" "$@" > "$WORK/runs/$name/driver.log" 2>&1 &
+    done
+  done
+  wait
+  for name in $(run_names); do tail -n 8 "$WORK/runs/$name/driver.log"; done
+elif has_stage train; then
+  left=$(run_names | wc -l)
+  for seed in $RL_SEEDS; do  # each run gets an equal share of what is left of the deadline
+    for arm in main:all_turns ablation:last_turn; do
+      RUN_DEADLINE=$(($(date +%s) + (DEADLINE - $(date +%s)) / left)) \
+        grpo "$(run_name "${arm%%:*}" "$seed")" "${arm#*:}" "$seed" "$@"
+      left=$((left - 1))
+    done
+  done
 fi
-if has_stage main; then grpo main all_turns "$@"; fi
-if has_stage ablation; then grpo ablation last_turn "$@"; fi
+if has_stage main; then for seed in $RL_SEEDS; do grpo "$(run_name main "$seed")" all_turns "$seed" "$@"; done; fi
+if has_stage ablation; then for seed in $RL_SEEDS; do grpo "$(run_name ablation "$seed")" last_turn "$seed" "$@"; done; fi
 has_stage report || curves
 
 if has_stage report; then
@@ -259,14 +293,16 @@ if has_stage report; then
       || log "eval $name failed or was stopped: $(tail -n 3 "$WORK/eval/$name.log")"
   }
   mkdir -p "$WORK/eval"
-  # Three engines at once, like the two training runs: fixed KV caches, so no engine profiles memory.
+  # All engines at once, like the training runs: fixed KV caches, so no engine profiles memory.
   evaluate sft "$WORK/sft" --uniform 4,8,16,32 &
-  evaluate main "$WORK/runs/main/hf_model" --uniform 4 &
-  evaluate ablation "$WORK/runs/ablation/hf_model" --uniform 4 &
+  evals=(--eval "sft=$WORK/eval/sft")
+  for name in $(run_names); do
+    evaluate "$name" "$WORK/runs/$name/hf_model" --uniform 4 &
+    evals+=(--eval "$name=$WORK/eval/$name")
+  done
   wait
   curves
-  "$PY" scripts/plot_needle_curves.py --val "$WORK/data/val.parquet" --out "$OUT" \
-    --eval "sft=$WORK/eval/sft" --eval "main=$WORK/eval/main" --eval "ablation=$WORK/eval/ablation" \
+  "$PY" scripts/plot_needle_curves.py --val "$WORK/data/val.parquet" --out "$OUT" "${evals[@]}" \
     || log "table failed"
 fi
 # What comes back (at most 8 files of 16 MiB): the curves and table above, sft_metrics.json and two archives.
