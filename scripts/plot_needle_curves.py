@@ -8,8 +8,14 @@ file per invocation, so a resumed run adds a file; a later file wins for a step 
 ``needle_curves.json`` (every step of every run) and ``needle_curves.png`` (training accuracy, distance to the
 needle, frames and validation accuracy against step).
 
+Settling: for each run, the least-squares slope of training accuracy over its last 20 % of trained steps, with
+its standard error; a curve is flat within noise when the slope is within two standard errors of zero
+(``needle_settling.json``).
+
 Table: ``--eval NAME=DIR`` adds the records of ``python -m sparse_video_r1.tools.evaluate`` runs
-(``DIR/records_<method>.jsonl``) scored against the needles of ``--val``; writes ``needle_table.{json,md}``.
+(``DIR/records_<method>.jsonl``) scored against the needles of ``--val``, with binomial standard errors; writes
+``needle_table.{json,md}``. Runs named ``ARM_s<seed>`` (and ``ARM`` itself, seed 0) are one arm at several seeds:
+``needle_seeds.{json,md}`` gives each arm's mean and sd over its seeds, per method.
 
     python scripts/plot_needle_curves.py --run main=RUN_DIR --run ablation=RUN_DIR --out OUT \\
         [--val DATA/val.parquet --eval sft=EVAL_DIR --eval main=EVAL_DIR ...]
@@ -19,6 +25,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import re
 import statistics
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -75,6 +83,31 @@ def run_curve(run: Path) -> list[dict[str, Any]]:
                 row[f"val_{key}"] = value
         rows.append(row)
     return rows
+
+
+#: Share of a run's trained steps whose accuracy slope says whether the curve has settled.
+SETTLING_SHARE = 0.2
+
+
+def settling(rows: Sequence[Mapping[str, Any]], key: str = "accuracy", share: float = SETTLING_SHARE) -> dict[str, Any]:
+    """Slope of ``key`` per step over the last ``share`` of the steps that have it, and its standard error."""
+    points = [(float(row["step"]), float(row[key])) for row in rows if row.get(key) is not None]
+    window = points[-max(3, math.ceil(share * len(points))) :]
+    result: dict[str, Any] = {"key": key, "steps": len(points), "window": len(window), "slope": None, "slope_se": None}
+    if len(window) < 3:
+        result["flat"] = None
+        return result
+    xs, ys = zip(*window, strict=True)
+    x_mean, y_mean = statistics.fmean(xs), statistics.fmean(ys)
+    sxx = sum((x - x_mean) ** 2 for x in xs)
+    slope = sum((x - x_mean) * (y - y_mean) for x, y in zip(xs, ys, strict=True)) / sxx
+    residual = sum((y - y_mean - slope * (x - x_mean)) ** 2 for x, y in zip(xs, ys, strict=True))
+    slope_se = math.sqrt(residual / (len(window) - 2) / sxx)
+    result.update(
+        first_step=int(xs[0]), last_step=int(xs[-1]), slope=slope, slope_se=slope_se,
+        flat=abs(slope) <= 2 * slope_se, window_mean=y_mean,
+    )  # fmt: skip
+    return result
 
 
 #: Steps in the rolling mean drawn over each training curve (one step is 64 dialogues: noisy).
@@ -134,9 +167,16 @@ def score_records(records: Sequence[Mapping[str, Any]], infos: Mapping[str, Mapp
                 "needle_distance": min((abs(t - card.time) for t in requested), default=card.duration),
                 "frames_used": float(record["frames_used"]),
                 "requested_frames": float(len(requested)),
+                "assistant_turns": float(record.get("assistant_turns", 1 + bool(requested))),
             }
         )
-    return needle.outcome_stats(rows)
+    stats: dict[str, Any] = dict(needle.outcome_stats(rows))
+    count = len(rows)
+    for key in ("accuracy", "hit_rate"):  # binomial standard errors
+        value = stats[key]
+        stats[f"{key}_se"] = math.sqrt(value * (1 - value) / count) if value is not None and count else None
+    stats["assistant_turns"] = statistics.fmean(row["assistant_turns"] for row in rows) if rows else None
+    return stats
 
 
 def eval_table(val: Path, evals: Mapping[str, Path]) -> list[dict[str, Any]]:
@@ -155,9 +195,52 @@ def eval_table(val: Path, evals: Mapping[str, Path]) -> list[dict[str, Any]]:
     return table
 
 
+#: Fields averaged over an arm's seeds.
+SEED_FIELDS = ("accuracy", "hit_rate", "frames_used", "assistant_turns")
+
+
+def arm_of(model: str) -> tuple[str, int]:
+    """``main_s2`` -> ("main", 2); a name without a seed suffix is seed 0."""
+    match = re.fullmatch(r"(.+)_s(\d+)", model)
+    return (match.group(1), int(match.group(2))) if match else (model, 0)
+
+
+def seed_table(table: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Per (arm, method): how many seeds, and the mean and sd over them of each of SEED_FIELDS."""
+    groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
+    for row in table:
+        groups.setdefault((arm_of(row["model"])[0], row["method"]), []).append(row)
+    summary = []
+    for (arm, method), rows in groups.items():
+        entry: dict[str, Any] = {"arm": arm, "method": method, "seeds": sorted(arm_of(row["model"])[1] for row in rows)}
+        for key in SEED_FIELDS:
+            values = [float(row[key]) for row in rows if row.get(key) is not None]
+            entry[key] = statistics.fmean(values) if values else None
+            entry[f"{key}_sd"] = statistics.stdev(values) if len(values) > 1 else None
+        summary.append(entry)
+    return summary
+
+
+def seed_markdown(summary: Sequence[Mapping[str, Any]]) -> str:
+    def cell(entry: Mapping[str, Any], key: str) -> str:
+        mean, sd = entry[key], entry[f"{key}_sd"]
+        return "–" if mean is None else f"{mean:.3f}" + ("" if sd is None else f" ± {sd:.3f}")
+
+    lines = ["| arm | method | seeds | " + " | ".join(SEED_FIELDS) + " |", "|" + "---|" * (3 + len(SEED_FIELDS))]
+    for entry in summary:
+        seeds = ",".join(map(str, entry["seeds"]))
+        lines.append(
+            f"| {entry['arm']} | {entry['method']} | {seeds} | "
+            + " | ".join(cell(entry, k) for k in SEED_FIELDS)
+            + " |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def markdown(table: Sequence[Mapping[str, Any]]) -> str:
-    columns = ("model", "method", "samples", "accuracy", "frames_used", "hit_rate", "accuracy_when_hit",
-               "needle_distance", "share_requested", "perfect_reader_accuracy")  # fmt: skip
+    columns = ("model", "method", "samples", "accuracy", "accuracy_se", "frames_used", "assistant_turns",
+               "hit_rate", "hit_rate_se", "accuracy_when_hit", "needle_distance", "share_requested",
+               "perfect_reader_accuracy")  # fmt: skip
 
     def cell(value: Any) -> str:
         return "–" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
@@ -190,10 +273,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         (args.out / "needle_curves.json").write_text(json.dumps(curves, indent=1) + "\n")
     if curves:
         plot_curves(curves, args.out / "needle_curves.png")
+        settled = {}
         for name, rows in curves.items():
             last = [row for row in rows if "accuracy" in row][-10:]
             means = {key: _mean([row[key] for row in last]) for key in ("accuracy", "needle_distance", "frames_used")}
             print(f"{name}: {len(rows)} steps logged; means over the last {len(last)} trained steps: {means}")
+            settled[name] = settling(rows)
+            print(f"{name}: settling {settled[name]}")
+        (args.out / "needle_settling.json").write_text(json.dumps(settled, indent=1) + "\n")
     if args.eval:
         if args.val is None:
             raise SystemExit("--eval needs --val")
@@ -201,6 +288,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         (args.out / "needle_table.json").write_text(json.dumps(table, indent=1) + "\n")
         (args.out / "needle_table.md").write_text(markdown(table))
         print(markdown(table))
+        seeds = seed_table(table)
+        (args.out / "needle_seeds.json").write_text(json.dumps(seeds, indent=1) + "\n")
+        (args.out / "needle_seeds.md").write_text(seed_markdown(seeds))
+        print(seed_markdown(seeds))
 
 
 if __name__ == "__main__":

@@ -419,3 +419,33 @@ def test_uniform_traces_play_the_baseline_prompt_and_answer_the_card_only_when_s
         assert shows_card == record["card_seen"]
         if shows_card:
             assert trace.turns[0].endswith(f"<answer>{record['extra_info']['answer']}</answer>")
+
+
+def test_settling_reports_the_slope_of_the_last_fifth_of_the_steps() -> None:
+    plot = _load_plot_script()
+    rising = [{"step": step, "accuracy": 0.01 * step + (0.002 if step % 2 else -0.002)} for step in range(50)]
+    settled = plot.settling(rising)
+    assert (settled["window"], settled["first_step"], settled["last_step"]) == (10, 40, 49)
+    assert settled["slope"] == pytest.approx(0.01, abs=1e-3) and not settled["flat"]
+    level = [{"step": step, "accuracy": 0.5 + (0.05 if step % 2 else -0.05)} for step in range(50)]
+    level[45]["accuracy"] = None  # a step without a dump is skipped, not read as zero
+    flat = plot.settling(level)
+    assert flat["flat"] and abs(flat["slope"]) <= 2 * flat["slope_se"]
+    assert flat["window_mean"] == pytest.approx(0.5, abs=0.02)
+    assert plot.settling(level[:2])["flat"] is None  # too few steps to say
+
+
+def test_seed_table_gives_each_arms_mean_and_sd_over_its_seeds() -> None:
+    plot = _load_plot_script()
+    table = [
+        {"model": name, "method": "adaptive", "accuracy": accuracy, "hit_rate": accuracy, "frames_used": 5.0,
+         "assistant_turns": 2.0}
+        for name, accuracy in (("main", 0.9), ("main_s1", 0.8), ("main_s2", 0.7), ("ablation", 0.4), ("sft", 0.2))
+    ]  # fmt: skip
+    rows = {(row["arm"], row["method"]): row for row in plot.seed_table(table)}
+    main = rows[("main", "adaptive")]
+    assert main["seeds"] == [0, 1, 2] and main["accuracy"] == pytest.approx(0.8)
+    assert main["accuracy_sd"] == pytest.approx(0.1) and main["frames_used_sd"] == 0.0
+    assert rows[("ablation", "adaptive")]["accuracy_sd"] is None  # one seed: no spread to report
+    assert plot.arm_of("ablation_s12") == ("ablation", 12) and plot.arm_of("sft") == ("sft", 0)
+    assert "0.800 ± 0.100" in plot.seed_markdown(plot.seed_table(table))

@@ -20,8 +20,10 @@
 #             data order (data.seed) and vLLM's sampling (rollout.seed = 42 + seed); runs of seed s > 0 are named
 #             main_s<s> and ablation_s<s>. With PARALLEL=1 all 2 x seeds runs share the GPU: lower GPU_UTIL.
 #   main, ablation   one run alone, for each of RL_SEEDS in turn (the fallback if runs side by side do not fit).
-#   report    held-out evaluation (python -m sparse_video_r1.tools.evaluate, vLLM, greedy) of the SFT model
-#             (adaptive and uniform 4/8/16/32) and of both RL models (adaptive), then the table.
+#   report    held-out evaluation (python -m sparse_video_r1.tools.evaluate, vLLM, greedy) on TEST_VIDEOS (512)
+#             fresh videos drawn with TEST_SEED (1000), a seed no training or tuning used: the SFT model (adaptive
+#             and uniform 4/6/8/16/32) and every RL run (adaptive and uniform 4/5/6, around its own frame count),
+#             then the table.
 # Every call ends by writing the curves of what the runs have done so far (OUT_DIR/needle_curves.{png,json}),
 # OUT_DIR/needle_runs.tgz (logs, metrics, dumps, evaluations) and OUT_DIR/needle_models.tgz (HF models).
 #
@@ -287,22 +289,24 @@ if has_stage report; then
     if [ ! -d "$model" ]; then log "eval $name: no model at $model"; return 0; fi
     log "eval $name: $model"
     timeout -k 10 "$((DEADLINE - $(date +%s)))" "$PY" -m sparse_video_r1.tools.evaluate --model "$model" \
-      --data "$WORK/data/val.parquet" --out "$WORK/eval/$name" --backend vllm --enforce-eager \
+      --data "$WORK/test/val.parquet" --out "$WORK/eval/$name" --backend vllm --enforce-eager \
       --gpu-memory-utilization "$GPU_UTIL" --vllm-kwargs "{\"kv_cache_memory_bytes\": $((KV_CACHE_GB << 30))}" \
       "${EVAL_DIALOGUE[@]}" "$@" > "$WORK/eval/$name.log" 2>&1 \
       || log "eval $name failed or was stopped: $(tail -n 3 "$WORK/eval/$name.log")"
   }
   mkdir -p "$WORK/eval"
+  "$PY" -m sparse_video_r1.synthetic.needle --out "$WORK/test" --train 0 --val "${TEST_VIDEOS:-512}" \
+    --seed "${TEST_SEED:-1000}" --dialogue "$DIALOGUE" > "$WORK/test_data.json"
   # All engines at once, like the training runs: fixed KV caches, so no engine profiles memory.
-  evaluate sft "$WORK/sft" --uniform 4,8,16,32 &
+  evaluate sft "$WORK/sft" --uniform 4,6,8,16,32 &
   evals=(--eval "sft=$WORK/eval/sft")
   for name in $(run_names); do
-    evaluate "$name" "$WORK/runs/$name/hf_model" --uniform 4 &
+    evaluate "$name" "$WORK/runs/$name/hf_model" --uniform 4,5,6 &
     evals+=(--eval "$name=$WORK/eval/$name")
   done
   wait
   curves
-  "$PY" scripts/plot_needle_curves.py --val "$WORK/data/val.parquet" --out "$OUT" "${evals[@]}" \
+  "$PY" scripts/plot_needle_curves.py --val "$WORK/test/val.parquet" --out "$OUT" "${evals[@]}" \
     || log "table failed"
 fi
 # What comes back (at most 8 files of 16 MiB): the curves and table above, sft_metrics.json and two archives.
@@ -310,7 +314,7 @@ fi
 # and the last step (the curves hold every step's means); needle_models.tgz: the SFT and both RL models (HF).
 (
   cd "$WORK"
-  find runs eval needle_data.json sft.log -type f ! -path '*/rollouts/*' ! -path '*/hf_model/*' 2>/dev/null || true
+  find runs eval needle_data.json test_data.json sft.log -type f ! -path '*/rollouts/*' ! -path '*/hf_model/*' 2>/dev/null || true
   for run in runs/*/rollouts; do
     [ -d "$run" ] || continue
     last=$(find "$run" -name '*.jsonl' -printf '%f\n' | sort -n | tail -n 1)
