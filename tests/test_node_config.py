@@ -24,6 +24,19 @@ NODES = {
         True,
     ),
     "2 nodes x 4 GPUs": ({"NNODES": "2"}, 4, 2, 1, False),
+    "1 GPU, 7B, 8 questions (the planned 7B run)": (
+        {
+            "N_GPUS": "1",
+            "TRAIN_BATCH_SIZE": "8",
+            "PPO_MINI_BATCH_SIZE": "8",
+            "GPU_MEMORY_UTILIZATION": "0.35",
+            "PARAM_OFFLOAD": "True",
+        },
+        1,
+        1,
+        1,
+        True,
+    ),
     "1 GPU, 8 questions (the real-size run)": (
         {"N_GPUS": "1", "TRAIN_BATCH_SIZE": "8", "PPO_MINI_BATCH_SIZE": "8", "GPU_MEMORY_UTILIZATION": "0.35"},
         1,
