@@ -3,6 +3,7 @@ the watchdog of scripts/gpu/needle_grpo.sh (a run that stops logging steps is st
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -197,3 +198,52 @@ def test_ray_slot_fails_at_once_naming_the_head_log_when_its_head_cannot_start(t
     )  # fmt: skip
     assert result.returncode == 1
     assert "slot 1's head exited" in result.stderr and "AF_UNIX path length" in result.stderr
+
+
+#: Stands in for `-m sparse_video_r1.tools.evaluate` in the `report` stage: every dialogue of --data answers right
+#: after asking for the card's own time (adaptive) or sees uniform frames (uniform_N), written as evaluate does.
+FAKE_EVALUATE = """
+import json, sys
+from pathlib import Path
+import pyarrow.parquet as pq
+from sparse_video_r1.synthetic import needle
+args = {flag: sys.argv[sys.argv.index(flag) + 1] for flag in ("--data", "--out", "--uniform")}
+out = Path(args["--out"])
+out.mkdir(parents=True, exist_ok=True)
+infos = pq.read_table(args["--data"]).column("extra_info").to_pylist()
+methods = ["adaptive", *(f"uniform_{n}" for n in args["--uniform"].split(","))]
+for method in methods:
+    with open(out / f"records_{method}.jsonl", "w") as handle:
+        for info in infos:
+            card = needle.Needle.from_extra_info(info)
+            asked = [card.time] if method == "adaptive" else []
+            handle.write(json.dumps({"qid": info["qid"], "correct": bool(asked), "stop_reason": "answered",
+                                     "frames_used": 5, "assistant_turns": 1 + len(asked),
+                                     "requested_timestamps": asked, "shown_timestamps": asked}) + "\\n")
+"""
+
+
+def test_needle_report_stage_evaluates_every_run_on_a_fresh_test_set_and_tables_the_seeds(tmp_path: Path) -> None:
+    fake_evaluate = tmp_path / "fake_evaluate.py"
+    fake_evaluate.write_text(FAKE_EVALUATE)
+    fake = (
+        "#!/usr/bin/env bash\n"
+        f'if [ "$2" = sparse_video_r1.tools.evaluate ]; then exec REAL_PYTHON {fake_evaluate} "$@"; fi\n'
+        'exec REAL_PYTHON "$@"\n'
+    )
+    work = tmp_path / "work"
+    for name in ("main", "ablation", "main_s1", "ablation_s1"):
+        (work / "runs" / name / "hf_model").mkdir(parents=True)
+    result, _ = run_needle_stage(tmp_path, "report", fake, RL_SEEDS="0 1", TEST_VIDEOS="6", TEST_SEED="1000")
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = tmp_path / "out"
+    test_set = json.loads((work / "test_data.json").read_text())
+    assert test_set["seed"] == 1000 and test_set["val"]["videos"] == 6 and test_set["train"]["videos"] == 0
+    table = json.loads((out / "needle_table.json").read_text())
+    methods = {(row["model"], row["method"]) for row in table}
+    assert {("sft", f"uniform_{n}") for n in (4, 6, 8, 16, 32)} <= methods
+    assert {("main_s1", "adaptive"), ("main_s1", "uniform_5"), ("ablation", "uniform_6")} <= methods
+    assert all(row["samples"] == 6 for row in table)
+    seeds = {(row["arm"], row["method"]): row for row in json.loads((out / "needle_seeds.json").read_text())}
+    assert seeds[("main", "adaptive")]["seeds"] == [0, 1] and seeds[("main", "adaptive")]["accuracy"] == 1.0
+    assert seeds[("ablation", "uniform_4")]["accuracy"] == 0.0
