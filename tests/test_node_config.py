@@ -64,3 +64,17 @@ def test_a_batch_that_does_not_divide_over_the_gpus_is_refused_before_launch() -
     cfg = compose_training_config(template_overrides(TRAIN_BATCH_SIZE="3", ROLLOUT_N="1", PPO_MINI_BATCH_SIZE="3"))
     with pytest.raises(AssertionError, match="divisible"):
         validate_config(cfg, use_reference_policy=need_reference_policy(cfg), use_critic=need_critic(cfg))
+
+
+def test_the_one_gpu_7b_fallback_fsdp2_cpu_offload_passes_launch_validation() -> None:
+    """If PARAM_OFFLOAD's update (all 123.6 GiB of states reloaded to one GPU) runs out of memory at 7B, the next
+    setting to measure keeps parameters and the optimizer step on the CPU: FSDP2's CPUOffloadPolicy."""
+    env = {"N_GPUS": "1", "TRAIN_BATCH_SIZE": "8", "PPO_MINI_BATCH_SIZE": "8", "GPU_MEMORY_UTILIZATION": "0.35"}
+    fallback = [
+        "actor_rollout_ref.actor.strategy=fsdp2",
+        "actor_rollout_ref.ref.strategy=fsdp2",
+        "actor_rollout_ref.actor.fsdp_config.offload_policy=True",
+    ]
+    cfg = compose_training_config(template_overrides(**env) + fallback)
+    assert cfg.actor_rollout_ref.actor.strategy == "fsdp2" and cfg.actor_rollout_ref.actor.fsdp_config.offload_policy
+    validate_config(cfg, use_reference_policy=need_reference_policy(cfg), use_critic=need_critic(cfg))
