@@ -22,39 +22,36 @@ from typing import Any
 
 import torch
 from torch.profiler import ProfilerActivity, profile
-from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+from transformers import AutoProcessor
 
 from sparse_video_r1.env.config import SparseVideoConfig, add_config_arguments, config_from_args
 from sparse_video_r1.env.frames import FrameSampler
-from sparse_video_r1.training.sft import SFTConfig, encode_dialogue, read_traces, replay, train
-from sparse_video_r1.training.vision_windows import batch_vision_windows
+from sparse_video_r1.training.sft import (
+    SFTConfig,
+    compute_autocast,
+    encode_dialogue,
+    load_model,
+    read_traces,
+    replay,
+    train,
+)
 
 logger = logging.getLogger("sft_step")
 
 VARIANTS = {"per_window": False, "batched_windows": True}
 
 
-def count_ops(config: SFTConfig, settings: SparseVideoConfig, batched: bool) -> int:
+def count_ops(config: SFTConfig, settings: SparseVideoConfig) -> int:
     """Aten ops of one forward and backward on the first trace, as the SFT loop runs it."""
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(config.model, dtype=getattr(torch, config.dtype))
-    model.to(config.device).train()
-    if config.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if batched:
-        batch_vision_windows(model)
+    model = load_model(config)
     trace = read_traces(config.traces)[0]
     example = encode_dialogue(
         AutoProcessor.from_pretrained(config.model),
         *replay(trace, settings.dialogue, FrameSampler.from_config(settings.decoding)),
     )
     batch = {key: value.to(config.device) for key, value in example.items()}
-    autocast = torch.autocast(
-        torch.device(config.device).type,
-        dtype=getattr(torch, config.autocast or config.dtype),
-        enabled=config.autocast is not None,
-    )
     with profile(activities=[ProfilerActivity.CPU]) as trace_events:
-        with autocast:
+        with compute_autocast(config):
             loss = model(**batch).loss
         loss.backward()
     del model
@@ -70,7 +67,7 @@ def run(config: SFTConfig, settings: SparseVideoConfig, dialogues: int, work: Pa
         variant_config = replace(
             config, traces=str(subset), out=str(work / variant), epochs=1, batch_vision_windows=batched
         )
-        ops = count_ops(variant_config, settings, batched)
+        ops = count_ops(variant_config, settings)
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()

@@ -29,11 +29,7 @@ if [ -n "$check" ]; then
   echo "[realsize_session] vision-cache check exited with $?"
   tail -n 30 "$RESULTS/run/vision_cache.log"
 fi
-if [ "${SFT_BENCH:-0}" = 1 ]; then
-  "$PY" benchmarks/sft_step.py --model "$WORK/model" --traces "$WORK/traces.jsonl" --out "$RESULTS/run/sft_step" \
-    --dialogues "${SFT_BENCH_DIALOGUES:-12}" --device "${DEVICE:-cuda}" --dtype float32 --autocast bfloat16 \
-    --gradient-checkpointing --max-grad-norm 1.0 2>&1 | tail -n 20
-fi
+[ "${SFT_BENCH:-0}" = 1 ] && STAGES=bench "${run[@]}"
 STAGES="sft train" "${run[@]}" "$@"
 status=$?
 echo "[realsize_session] training exited with $status"

@@ -9,7 +9,8 @@
 # Host changes, each an environment variable of the template: N_GPUS=1, GPU_MEMORY_UTILIZATION (vLLM's share
 # of the one GPU the actor also lives on), the paths; attention falls back to sdpa by itself. Fewer questions
 # per step than the default 32 (QUESTIONS, with PPO_MINI_BATCH_SIZE equal) so that STEPS fit one machine.
-# STAGES picks steps of "build data sft train" (default all four, in that order); WORK (default /tmp/svr1_realsize)
+# STAGES picks steps of "build data bench sft train" (default all but bench, in that order; bench times the cold
+# start with and without batched vision windows, benchmarks/sft_step.py); WORK (default /tmp/svr1_realsize)
 # holds model, data and checkpoint between them.
 # 7B: SHAPE=7b SFT_PRECISION=bfloat16, and the template's PARAM_OFFLOAD=True exported.
 # Writes OUT_DIR/{build.log,sft.log,sft_metrics.json,grpo.log,metrics.jsonl,rollouts/,gpu_memory.csv,summary.json}.
@@ -47,15 +48,20 @@ if stage data; then
   "$PY" dataset/NExT_QA.py --raw "$WORK/raw" --out "$WORK/data" --splits train val
   "$PY" -m sparse_video_r1.training.sft make-traces --data "$WORK/data/train.parquet" --out "$WORK/traces.jsonl"
 fi
+# Float32 weights and AdamW states with bfloat16 compute: exact updates for a model learning from random
+# (16 bytes a parameter: 60 GiB at 3B). SFT_PRECISION=bfloat16 keeps 8 (a 7B's 62 GiB fits one GPU).
+if [ "${SFT_PRECISION:-mixed}" = bfloat16 ]; then precision=(--dtype bfloat16); else
+  precision=(--dtype float32 --autocast bfloat16); fi
+sft_flags=(--device "$DEVICE" "${precision[@]}" --max-grad-norm 1.0 --gradient-checkpointing)
+if stage bench; then
+  # The cold start timed with and without batched vision windows, on the random model, with the flags below.
+  "$PY" benchmarks/sft_step.py --model "$WORK/model" --traces "$WORK/traces.jsonl" --out "$OUT/sft_step" \
+    --dialogues "${SFT_BENCH_DIALOGUES:-12}" "${sft_flags[@]}" 2>&1 | tail -n 20
+fi
 if stage sft; then
-  # Float32 weights and AdamW states with bfloat16 compute: exact updates for a model learning from random
-  # (16 bytes a parameter: 60 GiB at 3B). SFT_PRECISION=bfloat16 keeps 8 (a 7B's 62 GiB fits one GPU).
-  if [ "${SFT_PRECISION:-mixed}" = bfloat16 ]; then precision=(--dtype bfloat16); else
-    precision=(--dtype float32 --autocast bfloat16); fi
   budget=(); [ -n "$SFT_TIME_BUDGET" ] && budget=(--time-budget-s "$SFT_TIME_BUDGET")
   "$PY" -m sparse_video_r1.training.sft train --model "$WORK/model" --traces "$WORK/traces.jsonl" --out "$WORK/sft" \
-    --device "$DEVICE" --epochs "$SFT_EPOCHS" --lr "$SFT_LR" "${precision[@]}" \
-    --warmup-steps 20 --max-grad-norm 1.0 --gradient-checkpointing "${budget[@]}" 2>&1 | tee "$OUT/sft.log"
+    --epochs "$SFT_EPOCHS" --lr "$SFT_LR" --warmup-steps 20 "${sft_flags[@]}" "${budget[@]}" 2>&1 | tee "$OUT/sft.log"
   cp "$WORK/sft/sft_metrics.json" "$OUT/"
 fi
 stage train || exit 0

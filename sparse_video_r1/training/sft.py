@@ -182,22 +182,38 @@ def assistant_spans(tokenizer: Any, ids: list[int]) -> list[tuple[int, int]]:
     return spans
 
 
-def train(config: SFTConfig, settings: SparseVideoConfig) -> dict[str, Any]:
-    """Fine-tune ``config.model`` on the traces and save model + processor to ``config.out``."""
-    from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+def load_model(config: SFTConfig) -> Any:
+    """The model as the SFT loop trains it: on its device, vision windows batched, checkpointing, train mode."""
+    from transformers import Qwen2_5_VLForConditionalGeneration
 
-    torch.manual_seed(config.seed)
-    rng = random.Random(config.seed)
-    processor = AutoProcessor.from_pretrained(config.model)
-    dtype = getattr(torch, config.dtype)
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(config.model, dtype=dtype).to(config.device)
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(config.model, dtype=getattr(torch, config.dtype))
+    model.to(config.device)
     if config.batch_vision_windows:
         from sparse_video_r1.training.vision_windows import batch_vision_windows
 
         batch_vision_windows(model)
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model.train()
+    return model.train()
+
+
+def compute_autocast(config: SFTConfig) -> torch.autocast:
+    """The loop's compute dtype: ``config.autocast`` over the weights' dtype, or no autocast at all."""
+    return torch.autocast(
+        device_type=torch.device(config.device).type,
+        dtype=getattr(torch, config.autocast or config.dtype),
+        enabled=config.autocast is not None,
+    )
+
+
+def train(config: SFTConfig, settings: SparseVideoConfig) -> dict[str, Any]:
+    """Fine-tune ``config.model`` on the traces and save model + processor to ``config.out``."""
+    from transformers import AutoProcessor
+
+    torch.manual_seed(config.seed)
+    rng = random.Random(config.seed)
+    processor = AutoProcessor.from_pretrained(config.model)
+    model = load_model(config)
     sampler = FrameSampler.from_config(settings.decoding)
     examples = [
         encode_dialogue(processor, *replay(trace, settings.dialogue, sampler)) for trace in read_traces(config.traces)
@@ -206,11 +222,7 @@ def train(config: SFTConfig, settings: SparseVideoConfig) -> dict[str, Any]:
     warmup = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
     )
-    autocast = torch.autocast(
-        device_type=torch.device(config.device).type,
-        dtype=getattr(torch, config.autocast or config.dtype),
-        enabled=config.autocast is not None,
-    )
+    autocast = compute_autocast(config)
     losses: list[float] = []
     tokens_trained = 0
     started = time.perf_counter()
