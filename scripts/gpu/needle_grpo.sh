@@ -233,7 +233,14 @@ export_hf_model() {  # export_hf_model RUN_NAME: the latest checkpoint's HF mode
   log "$1: HF model of step $step in $run/hf_model"
 }
 
-run_names() { for seed in $RL_SEEDS; do run_name main "$seed"; run_name ablation "$seed"; done; }
+runs() {  # one line per run, "NAME LOSS_ON RL_SEED": for each of RL_SEEDS, main (all_turns) then ablation (last_turn)
+  local seed
+  for seed in $RL_SEEDS; do
+    echo "$(run_name main "$seed") all_turns $seed"
+    echo "$(run_name ablation "$seed") last_turn $seed"
+  done
+}
+run_names() { runs | cut -d ' ' -f 1; }
 
 curves() {
   local runs=() name
@@ -257,31 +264,31 @@ if has_stage prepare; then
   log "SFT done: $("$PY" -c 'import json, sys; m = json.load(open(sys.argv[1])); print({k: m[k] for k in ("examples", "first_epoch_loss", "last_epoch_loss", "seconds")})' "$WORK/sft/sft_metrics.json")"
 fi
 [ -d "$WORK/sft" ] || { echo "no $WORK/sft: run STAGE=prepare first (the device machine was replaced?)" >&2; exit 1; }
+mapfile -t RUNS < <(runs)
 if has_stage train && [ "$PARALLEL" = 1 ]; then
-  slot=0
-  for seed in $RL_SEEDS; do
-    for arm in main:all_turns ablation:last_turn; do
-      slot=$((slot + 1))
-      name=$(run_name "${arm%%:*}" "$seed")
-      mkdir -p "$WORK/runs/$name"
-      log "$name: slot $slot (log $WORK/runs/$name/driver.log)"
-      SLOT=$slot grpo "$name" "${arm#*:}" "$seed" "$@" > "$WORK/runs/$name/driver.log" 2>&1 &
-    done
+  for slot in "${!RUNS[@]}"; do
+    read -r name loss_on seed <<< "${RUNS[$slot]}"
+    mkdir -p "$WORK/runs/$name"
+    log "$name: slot $((slot + 1)) (log $WORK/runs/$name/driver.log)"
+    SLOT=$((slot + 1)) grpo "$name" "$loss_on" "$seed" "$@" > "$WORK/runs/$name/driver.log" 2>&1 &
   done
   wait
   for name in $(run_names); do tail -n 8 "$WORK/runs/$name/driver.log"; done
 elif has_stage train; then
-  left=$(run_names | wc -l)
-  for seed in $RL_SEEDS; do  # each run gets an equal share of what is left of the deadline
-    for arm in main:all_turns ablation:last_turn; do
-      RUN_DEADLINE=$(($(date +%s) + (DEADLINE - $(date +%s)) / left)) \
-        grpo "$(run_name "${arm%%:*}" "$seed")" "${arm#*:}" "$seed" "$@"
-      left=$((left - 1))
-    done
+  left=${#RUNS[@]}
+  for line in "${RUNS[@]}"; do  # each run gets an equal share of what is left of the deadline
+    read -r name loss_on seed <<< "$line"
+    RUN_DEADLINE=$(($(date +%s) + (DEADLINE - $(date +%s)) / left)) grpo "$name" "$loss_on" "$seed" "$@"
+    left=$((left - 1))
   done
 fi
-if has_stage main; then for seed in $RL_SEEDS; do grpo "$(run_name main "$seed")" all_turns "$seed" "$@"; done; fi
-if has_stage ablation; then for seed in $RL_SEEDS; do grpo "$(run_name ablation "$seed")" last_turn "$seed" "$@"; done; fi
+for arm in main:all_turns ablation:last_turn; do  # the single-arm stages: every seed of that arm, in turn
+  has_stage "${arm%%:*}" || continue
+  for line in "${RUNS[@]}"; do
+    read -r name loss_on seed <<< "$line"
+    if [ "$loss_on" = "${arm#*:}" ]; then grpo "$name" "$loss_on" "$seed" "$@"; fi
+  done
+done
 has_stage report || curves
 
 if has_stage report; then
