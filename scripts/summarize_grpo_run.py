@@ -3,7 +3,9 @@
 Reads what verl itself wrote: the file logger's metrics (``trainer.logger=[...,file]``, one JSON line per
 step) and the per-step rollout dumps (``trainer.rollout_data_dir``), whose per-sample fields come from
 our reward function (accuracy, frames_used, assistant_turns, requested_frames). GPU memory is the FSDP
-actor's peak from torch's allocator; vLLM's share is fixed by ``rollout.gpu_memory_utilization``.
+actor's peak from torch's allocator; vLLM's share is fixed by ``rollout.gpu_memory_utilization``. Where the run
+script sampled them, ``gpu_memory.csv`` (nvidia-smi) and ``host_memory.csv`` (``free -m``) give the whole
+device's and the host's peaks: at 7B on one GPU the host's RAM, where offloaded states live, is the limit.
 
     python scripts/summarize_grpo_run.py --run OUT_DIR [--out OUT_DIR/summary.json]
 """
@@ -42,6 +44,7 @@ VERL_KEYS: dict[str, str | tuple[str, ...]] = {
     "actor_mfu": ("perf/mfu/actor", "actor/mfu"),
     "actor_peak_gpu_memory_allocated_gb": ("actor/perf/max_memory_allocated_gb", "perf/max_memory_allocated_gb"),
     "actor_peak_gpu_memory_reserved_gb": ("actor/perf/max_memory_reserved_gb", "perf/max_memory_reserved_gb"),
+    "host_memory_used_gb": ("actor/perf/cpu_memory_used_gb", "perf/cpu_memory_used_gb"),
     "actor_pg_loss": "actor/pg_loss",
     "actor_entropy": "actor/entropy",
 }
@@ -84,6 +87,25 @@ def gpu_memory(csv_path: Path) -> dict[str, float] | None:
     if not used:
         return None
     return {"samples": len(used), "peak_used_gib": max(used) / 1024, "total_gib": max(total) / 1024}
+
+
+def host_memory(csv_path: Path) -> dict[str, float] | None:
+    """Peak used and least available host memory of ``epoch_s,used_mib,available_mib,total_mib`` samples."""
+    if not csv_path.is_file():
+        return None
+    rows = []
+    for line in csv_path.read_text().splitlines():
+        fields = line.split(",")
+        if len(fields) == 4 and all(field.strip().isdigit() for field in fields):
+            rows.append([int(field) for field in fields])
+    if not rows:
+        return None
+    return {
+        "samples": len(rows),
+        "peak_used_gib": max(row[1] for row in rows) / 1024,
+        "least_available_gib": min(row[2] for row in rows) / 1024,
+        "total_gib": max(row[3] for row in rows) / 1024,
+    }
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -188,6 +210,7 @@ def summarize(run: Path) -> dict[str, Any]:
         "sft": json.loads(sft.read_text()) if sft.is_file() else None,
         "vllm": vllm_memory(run / "grpo.log", run / "console.log", run / "vllm_memory.log"),
         "gpu_memory": gpu_memory(run / "gpu_memory.csv"),
+        "host_memory": host_memory(run / "host_memory.csv"),
         "totals": {
             "multi_turn_samples_trained": sum(row["multi_turn_samples"] for row in with_dumps) if with_dumps else None,
             "samples_trained": sum(row["samples"] for row in with_dumps) if with_dumps else None,

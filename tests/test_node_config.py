@@ -66,15 +66,23 @@ def test_a_batch_that_does_not_divide_over_the_gpus_is_refused_before_launch() -
         validate_config(cfg, use_reference_policy=need_reference_policy(cfg), use_critic=need_critic(cfg))
 
 
-def test_the_one_gpu_7b_fallback_fsdp2_cpu_offload_passes_launch_validation() -> None:
-    """If PARAM_OFFLOAD's update (all 123.6 GiB of states reloaded to one GPU) runs out of memory at 7B, the next
-    setting to measure keeps parameters and the optimizer step on the CPU: FSDP2's CPUOffloadPolicy."""
-    env = {"N_GPUS": "1", "TRAIN_BATCH_SIZE": "8", "PPO_MINI_BATCH_SIZE": "8", "GPU_MEMORY_UTILIZATION": "0.35"}
-    fallback = [
-        "actor_rollout_ref.actor.strategy=fsdp2",
-        "actor_rollout_ref.ref.strategy=fsdp2",
-        "actor_rollout_ref.actor.fsdp_config.offload_policy=True",
+def test_the_one_gpu_7b_run_with_bfloat16_states_passes_launch_validation() -> None:
+    """7B on one H200 with 128 GiB of host RAM: float32 actor states (8.29 B x 16 B = 123.6 GiB) fit neither the GPU
+    in the update nor the host once offloaded (FSDP2's CPUOffloadPolicy included), so train_realsize.sh's
+    STATE_DTYPE=bfloat16 loads actor and reference in bfloat16 (8 B a parameter: 61.8 GiB) beside PARAM_OFFLOAD."""
+    env = {
+        "N_GPUS": "1",
+        "TRAIN_BATCH_SIZE": "4",
+        "PPO_MINI_BATCH_SIZE": "4",
+        "GPU_MEMORY_UTILIZATION": "0.35",
+        "PARAM_OFFLOAD": "True",
+    }
+    states = [
+        "actor_rollout_ref.actor.fsdp_config.model_dtype=bfloat16",
+        "actor_rollout_ref.ref.fsdp_config.model_dtype=bfloat16",
     ]
-    cfg = compose_training_config(template_overrides(**env) + fallback)
-    assert cfg.actor_rollout_ref.actor.strategy == "fsdp2" and cfg.actor_rollout_ref.actor.fsdp_config.offload_policy
+    cfg = compose_training_config(template_overrides(**env) + states)
+    assert cfg.actor_rollout_ref.actor.fsdp_config.model_dtype == "bfloat16"
+    assert cfg.actor_rollout_ref.ref.fsdp_config.model_dtype == "bfloat16"
+    assert cfg.actor_rollout_ref.actor.fsdp_config.param_offload is True
     validate_config(cfg, use_reference_policy=need_reference_policy(cfg), use_critic=need_critic(cfg))

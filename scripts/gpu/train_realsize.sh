@@ -12,8 +12,11 @@
 # STAGES picks steps of "build data bench sft train" (default all but bench, in that order; bench times the cold
 # start with and without batched vision windows, benchmarks/sft_step.py); WORK (default /tmp/svr1_realsize)
 # holds model, data and checkpoint between them.
-# 7B: SHAPE=7b SFT_PRECISION=bfloat16, and the template's PARAM_OFFLOAD=True exported.
-# Writes OUT_DIR/{build.log,sft.log,sft_metrics.json,grpo.log,metrics.jsonl,rollouts/,gpu_memory.csv,summary.json}.
+# 7B on one H200: SHAPE=7b SFT_PRECISION=bfloat16 STATE_DTYPE=bfloat16, and the template's PARAM_OFFLOAD=True
+# exported. Float32 actor states (8.29 B x 16 B = 123.6 GiB) fit neither the GPU in the update nor, offloaded, this
+# host's 128 GiB of RAM; STATE_DTYPE sets the actor's and reference's fsdp_config.model_dtype (verl: fp32).
+# Writes OUT_DIR/{build.log,sft.log,sft_metrics.json,grpo.log,metrics.jsonl,rollouts/,gpu_memory.csv,host_memory.csv,
+# summary.json}.
 set -euo pipefail
 OUT=$(mkdir -p "${1:?usage: train_realsize.sh OUT_DIR ANNOTATIONS_DIR}" && cd "$1" && pwd)
 ANNOTATIONS=$(cd "${2:?usage: train_realsize.sh OUT_DIR ANNOTATIONS_DIR}" && pwd)
@@ -73,6 +76,13 @@ if command -v nvidia-smi >/dev/null; then
   SAMPLER=$!
   trap 'kill $SAMPLER 2>/dev/null || true' EXIT
 fi
+# Host memory too: offloaded actor states, the CPU-offloaded reference and the workers live there.
+( while :; do
+    free -m | awk -v t="$(date +%s)" '/^Mem:/ {print t "," $3 "," $7 "," $2}'
+    sleep 1
+  done ) > "$OUT/host_memory.csv" 2>/dev/null &
+HOST_SAMPLER=$!
+trap 'kill ${SAMPLER:-} $HOST_SAMPLER 2>/dev/null || true' EXIT
 overrides=(
   "trainer.total_training_steps=$STEPS"
   "trainer.val_before_train=False"
@@ -80,8 +90,12 @@ overrides=(
   "trainer.save_freq=-1"
   "trainer.logger=[console,tensorboard,file]"
   "trainer.rollout_data_dir=$OUT/rollouts"
-  "$@"
 )
+if [ -n "${STATE_DTYPE:-}" ]; then
+  overrides+=("actor_rollout_ref.actor.fsdp_config.model_dtype=$STATE_DTYPE"
+              "actor_rollout_ref.ref.fsdp_config.model_dtype=$STATE_DTYPE")
+fi
+overrides+=("$@")
 host=(N_GPUS=1 "RUN_DIR=$OUT" "MODEL_PATH=$WORK/sft" "DATA_DIR=$WORK/data" "ROW_DATA=$WORK/raw" "HF_HOME=$WORK/hf_home"
       "TRAIN_BATCH_SIZE=$QUESTIONS" "PPO_MINI_BATCH_SIZE=$QUESTIONS"
       "GPU_MEMORY_UTILIZATION=${GPU_MEMORY_UTILIZATION:-0.35}" "VERL_FILE_LOGGER_PATH=$OUT/metrics.jsonl")
