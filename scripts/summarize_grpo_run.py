@@ -90,22 +90,25 @@ def gpu_memory(csv_path: Path) -> dict[str, float] | None:
 
 
 def host_memory(csv_path: Path) -> dict[str, float] | None:
-    """Peak used and least available host memory of ``epoch_s,used_mib,available_mib,total_mib`` samples."""
+    """Peaks of ``epoch_s,used_mib,available_mib,total_mib[,shmem_mib]`` samples (used = total - available)."""
     if not csv_path.is_file():
         return None
     rows = []
     for line in csv_path.read_text().splitlines():
         fields = line.split(",")
-        if len(fields) == 4 and all(field.strip().isdigit() for field in fields):
+        if len(fields) in (4, 5) and all(field.strip().isdigit() for field in fields):
             rows.append([int(field) for field in fields])
     if not rows:
         return None
-    return {
+    summary = {
         "samples": len(rows),
         "peak_used_gib": max(row[1] for row in rows) / 1024,
         "least_available_gib": min(row[2] for row in rows) / 1024,
         "total_gib": max(row[3] for row in rows) / 1024,
     }
+    if all(len(row) == 5 for row in rows):
+        summary["peak_shmem_gib"] = max(row[4] for row in rows) / 1024
+    return summary
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -183,10 +186,12 @@ def record_stats(records: list[dict[str, Any]]) -> dict[str, Any]:
 
 def summarize(run: Path) -> dict[str, Any]:
     metrics = step_metrics(run)
+    # A step whose metrics never came (the run died before logging it) still counts its dumped dialogues.
+    dumped = {int(path.stem) for path in (run / "rollouts" / "dialogues").glob("*.jsonl") if path.stem.isdigit()}
     steps = []
     all_records: list[dict[str, Any]] = []
-    for step in sorted(metrics):
-        data = metrics[step]
+    for step in sorted(set(metrics) | dumped):
+        data = metrics.get(step, {})
         row: dict[str, Any] = {"step": step}
         row.update({name: verl_value(data, key) for name, key in VERL_KEYS.items()})
         dump = run / "rollouts" / f"{step}.jsonl"
@@ -205,7 +210,7 @@ def summarize(run: Path) -> dict[str, Any]:
     sft = run / "sft_metrics.json"
     with_dumps = [row for row in steps if "samples" in row]
     return {
-        "steps_completed": len(steps),
+        "steps_completed": len(metrics),
         "command": command.read_text().strip() if command.is_file() else None,
         "sft": json.loads(sft.read_text()) if sft.is_file() else None,
         "vllm": vllm_memory(run / "grpo.log", run / "console.log", run / "vllm_memory.log"),
@@ -218,7 +223,7 @@ def summarize(run: Path) -> dict[str, Any]:
                 dialogue_metrics(all_records)[f"{PREFIX}/parseable_turn_share"] if all_records else None
             ),
             "actor_peak_gpu_memory_allocated_gb": max(
-                (row["actor_peak_gpu_memory_allocated_gb"] or 0.0 for row in steps), default=None
+                (peak for row in steps if (peak := row["actor_peak_gpu_memory_allocated_gb"]) is not None), default=None
             ),
         },
         "per_step": steps,

@@ -16,6 +16,7 @@
 # exported. Float32 actor states (8.29 B x 16 B = 123.6 GiB) fit neither the GPU in the update nor, offloaded, this
 # host's 128 GiB of RAM; STATE_DTYPE sets the actor's and reference's fsdp_config.model_dtype (verl: fp32).
 # Writes OUT_DIR/{build.log,sft.log,sft_metrics.json,grpo.log,metrics.jsonl,rollouts/,gpu_memory.csv,host_memory.csv,
+# host_pressure.txt (only if RAM ran short),
 # summary.json}.
 set -euo pipefail
 OUT=$(mkdir -p "${1:?usage: train_realsize.sh OUT_DIR ANNOTATIONS_DIR}" && cd "$1" && pwd)
@@ -76,9 +77,20 @@ if command -v nvidia-smi >/dev/null; then
   SAMPLER=$!
   trap 'kill $SAMPLER 2>/dev/null || true' EXIT
 fi
-# Host memory too: offloaded actor states, the CPU-offloaded reference and the workers live there.
-( while :; do
-    free -m | awk -v t="$(date +%s)" '/^Mem:/ {print t "," $3 "," $7 "," $2}'
+# Host memory too, from /proc/meminfo (MiB): used = total - available, and shared memory (Shmem: /dev/shm, tmpfs),
+# which was 100 of 113 GiB used when the 7B attempt ran out. The first time less than 15 % is available, what holds
+# it is written down (largest processes, /dev/shm, /tmp), once.
+( pressure=
+  while :; do
+    line=$(awk -v t="$(date +%s)" '/^MemTotal:/ {tot=$2} /^MemAvailable:/ {av=$2} /^Shmem:/ {sh=$2}
+      END {printf "%d,%d,%d,%d,%d\n", t, (tot-av)/1024, av/1024, tot/1024, sh/1024}' /proc/meminfo)
+    echo "$line"
+    IFS=, read -r _ _ avail total _ <<< "$line"
+    if [ -z "$pressure" ] && [ "$((avail * 100))" -lt "$((total * 15))" ]; then
+      pressure=1
+      { date; ps -eo pid,rss,args --sort=-rss | head -n 25 | cut -c 1-200; df -h /dev/shm /tmp
+        du -sh /dev/shm/* /tmp/* 2>/dev/null | sort -h | tail -n 15; } > "$OUT/host_pressure.txt" 2>&1
+    fi
     sleep 1
   done ) > "$OUT/host_memory.csv" 2>/dev/null &
 HOST_SAMPLER=$!
@@ -100,8 +112,28 @@ host=(N_GPUS=1 "RUN_DIR=$OUT" "MODEL_PATH=$WORK/sft" "DATA_DIR=$WORK/data" "ROW_
       "TRAIN_BATCH_SIZE=$QUESTIONS" "PPO_MINI_BATCH_SIZE=$QUESTIONS"
       "GPU_MEMORY_UTILIZATION=${GPU_MEMORY_UTILIZATION:-0.35}" "VERL_FILE_LOGGER_PATH=$OUT/metrics.jsonl")
 echo "${host[*]} sh train.sh ${overrides[*]}" > "$OUT/command.txt"
+# When the host runs short, Ray's memory monitor kills workers and verl waits on them for ever (7B attempt 1 hung
+# 12 minutes): the run is stopped OOM_GRACE_S after Ray says so, with status 137, so a RETRY_ENV can follow.
+RAY_OOM="killed due to memory pressure"
 status=0
-env "${host[@]}" sh train.sh "${overrides[@]}" 2>&1 | tee "$OUT/grpo.log" || status=$?
+env "${host[@]}" setsid sh train.sh "${overrides[@]}" > "$OUT/grpo.log" 2>&1 &
+train=$!
+tail -n +1 -f --pid="$train" "$OUT/grpo.log" &
+while kill -0 "$train" 2>/dev/null; do
+  if grep -q "$RAY_OOM" "$OUT/grpo.log"; then
+    sleep "${OOM_GRACE_S:-60}"
+    if kill -0 "$train" 2>/dev/null; then
+      echo "[train_realsize] Ray killed workers for host memory and the run did not end: stopping it"
+      stopped=1
+      kill -- "-$train" 2>/dev/null
+      ray stop --force > /dev/null 2>&1 || true
+    fi
+    break
+  fi
+  sleep 5
+done
+wait "$train" || status=$?
+[ "${stopped:-0}" = 1 ] && status=137
 # vLLM reports its weights and KV cache in the Ray workers' logs, not on the console.
 grep -h -E "Model loading took|KV cache memory|GPU KV cache size|CUDA out of memory" \
   /tmp/ray/session_latest/logs/*.out /tmp/ray/session_latest/logs/*.err > "$OUT/vllm_memory.log" 2>/dev/null || true
