@@ -16,8 +16,7 @@
 # exported. Float32 actor states (8.29 B x 16 B = 123.6 GiB) fit neither the GPU in the update nor, offloaded, this
 # host's 128 GiB of RAM; STATE_DTYPE sets the actor's and reference's fsdp_config.model_dtype (verl: fp32).
 # Writes OUT_DIR/{build.log,sft.log,sft_metrics.json,grpo.log,metrics.jsonl,rollouts/,gpu_memory.csv,host_memory.csv,
-# host_pressure.txt (only if RAM ran short),
-# summary.json}.
+# summary.json}, and host_pressure.txt if RAM ran short.
 set -euo pipefail
 OUT=$(mkdir -p "${1:?usage: train_realsize.sh OUT_DIR ANNOTATIONS_DIR}" && cd "$1" && pwd)
 ANNOTATIONS=$(cd "${2:?usage: train_realsize.sh OUT_DIR ANNOTATIONS_DIR}" && pwd)
