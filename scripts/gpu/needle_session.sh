@@ -20,9 +20,10 @@ export WORK=${WORK:-/tmp/svr1_needle}
 export PYTHONPATH=/tmp/site:$REPO VLLM_USE_FLASHINFER_SAMPLER=0
 TRAIN_OUT=$WORK/train_out
 
-curves() {  # the curves so far, and the stacks of any stall (they come back even if a later call fails)
-  (cd "$REPO" && "$PY" scripts/plot_needle_curves.py --run "main=$WORK/runs/main" \
-    --run "ablation=$WORK/runs/ablation" --out "$OUT") || echo "plotting failed"
+curves() {  # the curves so far of every run (each arm at each of RL_SEEDS), and the stacks of any stall
+  local runs=() run
+  for run in "$WORK"/runs/*/; do [ -d "$run" ] && runs+=(--run "$(basename "$run")=$run"); done
+  [ ${#runs[@]} -gt 0 ] && { (cd "$REPO" && "$PY" scripts/plot_needle_curves.py "${runs[@]}" --out "$OUT") || echo "plotting failed"; }
   for stall in "$WORK"/runs/*/stall_*.txt; do
     [ -f "$stall" ] && cp "$stall" "$OUT/$(basename "$(dirname "$stall")")_$(basename "$stall")"
   done
