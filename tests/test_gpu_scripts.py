@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -223,20 +224,21 @@ for method in methods:
 """
 
 
-def test_needle_report_stage_evaluates_every_run_on_a_fresh_test_set_and_tables_the_seeds(tmp_path: Path) -> None:
+def test_needle_train_then_report_evaluates_every_run_on_a_fresh_test_set_and_tables_the_seeds(tmp_path: Path) -> None:
     fake_evaluate = tmp_path / "fake_evaluate.py"
     fake_evaluate.write_text(FAKE_EVALUATE)
-    fake = (
-        "#!/usr/bin/env bash\n"
-        f'if [ "$2" = sparse_video_r1.tools.evaluate ]; then exec REAL_PYTHON {fake_evaluate} "$@"; fi\n'
-        'exec REAL_PYTHON "$@"\n'
-    )
+    evaluate = f'if [ "$2" = sparse_video_r1.tools.evaluate ]; then exec REAL_PYTHON {fake_evaluate} "$@"; fi\n'
+    fake = FAKE_PYTHON_RUNS.replace('exec REAL_PYTHON "$@"', evaluate + 'exec REAL_PYTHON "$@"')
     work = tmp_path / "work"
     for name in ("main", "ablation", "main_s1", "ablation_s1"):
         (work / "runs" / name / "hf_model").mkdir(parents=True)
-    result, _ = run_needle_stage(tmp_path, "report", fake, RL_SEEDS="0 1", TEST_VIDEOS="6", TEST_SEED="1000")
+    extra = {"RL_SEEDS": "0 1", "TEST_VIDEOS": "6", "TEST_SEED": "1000"}
+    result, _ = run_needle_stage(tmp_path, "train,report", fake, deadline_s=800, timeout_s=300, **extra)  # 200 s a run
     assert result.returncode == 0, result.stdout + result.stderr
+    assert len((work / "runs.log").read_text().splitlines()) == 8  # four runs began and ended, then the report
     out = tmp_path / "out"
+    with tarfile.open(out / "needle_runs.tgz") as packed:  # the train stage's memory samples come back
+        assert any(name.startswith("memory/") and name.endswith("host_memory.csv") for name in packed.getnames())
     test_set = json.loads((work / "test_data.json").read_text())
     assert test_set["seed"] == 1000 and test_set["val"]["videos"] == 6 and test_set["train"]["videos"] == 0
     table = json.loads((out / "needle_table.json").read_text())

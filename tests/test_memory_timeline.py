@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -51,3 +52,18 @@ def test_five_field_samples_report_shared_memory(tmp_path: Path) -> None:
         "total_gib": 4.0,
         "peak_shmem_gib": 1.5,
     }
+
+
+def test_the_sampler_writes_host_samples_until_its_process_ends_and_notes_pressure_once(tmp_path: Path) -> None:
+    watched = subprocess.Popen(["sleep", "3"])
+    sampler = subprocess.Popen(
+        ["bash", str(ROOT / "scripts" / "gpu" / "sample_memory.sh"), str(tmp_path), str(watched.pid)],
+        env={**os.environ, "PRESSURE_PERCENT": "101"},  # any host is "short" of 101 %: the note is written
+    )
+    watched.wait()  # reaped, so the sampler sees it gone
+    assert sampler.wait(timeout=60) == 0
+    summary = summarize.host_memory(tmp_path / "host_memory.csv")
+    assert summary is not None and 2 <= summary["samples"] <= 5
+    assert 0 < summary["peak_used_gib"] < summary["total_gib"] and "peak_shmem_gib" in summary
+    note = (tmp_path / "host_pressure.txt").read_text()
+    assert "RSS" in note and "/dev/shm" in note

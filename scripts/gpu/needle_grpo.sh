@@ -25,7 +25,8 @@
 #             and uniform 4/6/8/16/32) and every RL run (adaptive and uniform 4/5/6, around its own frame count),
 #             then the table.
 # Every call ends by writing the curves of what the runs have done so far (OUT_DIR/needle_curves.{png,json}),
-# OUT_DIR/needle_runs.tgz (logs, metrics, dumps, evaluations) and OUT_DIR/needle_models.tgz (HF models).
+# OUT_DIR/needle_runs.tgz (logs, metrics, dumps, evaluations, memory samples of each train stage:
+# scripts/gpu/sample_memory.sh) and OUT_DIR/needle_models.tgz (HF models).
 #
 # The runs are time-bounded and resumable: each is stopped at DEADLINE_S seconds after this script started
 # (less PACK_S for packing up) and continues from its last checkpoint when `train` is called again, until
@@ -265,14 +266,22 @@ if has_stage prepare; then
 fi
 [ -d "$WORK/sft" ] || { echo "no $WORK/sft: run STAGE=prepare first (the device machine was replaced?)" >&2; exit 1; }
 mapfile -t RUNS < <(runs)
+SAMPLER=
+if has_stage train || has_stage main || has_stage ablation; then  # what the runs take of the GPU and the host
+  bash scripts/gpu/sample_memory.sh "$WORK/memory/$(date +%s)" &
+  SAMPLER=$!
+  trap 'kill $SAMPLER 2>/dev/null || true' EXIT
+fi
 if has_stage train && [ "$PARALLEL" = 1 ]; then
+  pids=()
   for slot in "${!RUNS[@]}"; do
     read -r name loss_on seed <<< "${RUNS[$slot]}"
     mkdir -p "$WORK/runs/$name"
     log "$name: slot $((slot + 1)) (log $WORK/runs/$name/driver.log)"
     SLOT=$((slot + 1)) grpo "$name" "$loss_on" "$seed" "$@" > "$WORK/runs/$name/driver.log" 2>&1 &
+    pids+=($!)
   done
-  wait
+  wait "${pids[@]}"  # the runs, not the memory sampler
   for name in $(run_names); do tail -n 8 "$WORK/runs/$name/driver.log"; done
 elif has_stage train; then
   left=${#RUNS[@]}
@@ -289,6 +298,7 @@ for arm in main:all_turns ablation:last_turn; do  # the single-arm stages: every
     if [ "$loss_on" = "${arm#*:}" ]; then grpo "$name" "$loss_on" "$seed" "$@"; fi
   done
 done
+{ [ -n "$SAMPLER" ] && kill "$SAMPLER"; } 2>/dev/null || true  # before the report, whose `wait` is for its evaluations
 has_stage report || curves
 
 if has_stage report; then
@@ -323,7 +333,8 @@ fi
 # and the last step (the curves hold every step's means); needle_models.tgz: the SFT and both RL models (HF).
 (
   cd "$WORK"
-  find runs eval needle_data.json test_data.json sft.log -type f ! -path '*/rollouts/*' ! -path '*/hf_model/*' 2>/dev/null || true
+  find runs eval memory needle_data.json test_data.json sft.log -type f ! -path '*/rollouts/*' ! -path '*/hf_model/*' \
+    2>/dev/null || true
   for run in runs/*/rollouts; do
     [ -d "$run" ] || continue
     last=$(find "$run" -name '*.jsonl' -printf '%f\n' | sort -n | tail -n 1)

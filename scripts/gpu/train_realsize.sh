@@ -69,31 +69,10 @@ if stage sft; then
 fi
 stage train || exit 0
 
-# GPU memory as the driver sees it (every process: FSDP actor, reference, vLLM), once a second.
-if command -v nvidia-smi >/dev/null; then
-  nvidia-smi --query-gpu=timestamp,memory.used,memory.total,utilization.gpu --format=csv,nounits -l 1 \
-    > "$OUT/gpu_memory.csv" 2>/dev/null &
-  SAMPLER=$!
-  trap 'kill $SAMPLER 2>/dev/null || true' EXIT
-fi
-# Host memory too, from /proc/meminfo (MiB): used = total - available, and shared memory (Shmem: /dev/shm, tmpfs),
-# which was 100 of 113 GiB used when the 7B attempt ran out. The first time less than 15 % is available, what holds
-# it is written down (largest processes, /dev/shm, /tmp), once.
-( pressure=
-  while :; do
-    line=$(awk -v t="$(date +%s)" '/^MemTotal:/ {tot=$2} /^MemAvailable:/ {av=$2} /^Shmem:/ {sh=$2}
-      END {printf "%d,%d,%d,%d,%d\n", t, (tot-av)/1024, av/1024, tot/1024, sh/1024}' /proc/meminfo)
-    echo "$line"
-    IFS=, read -r _ _ avail total _ <<< "$line"
-    if [ -z "$pressure" ] && [ "$((avail * 100))" -lt "$((total * 15))" ]; then
-      pressure=1
-      { date; ps -eo pid,rss,args --sort=-rss | head -n 25 | cut -c 1-200; df -h /dev/shm /tmp
-        du -sh /dev/shm/* /tmp/* 2>/dev/null | sort -h | tail -n 15; } > "$OUT/host_pressure.txt" 2>&1
-    fi
-    sleep 1
-  done ) > "$OUT/host_memory.csv" 2>/dev/null &
-HOST_SAMPLER=$!
-trap 'kill ${SAMPLER:-} $HOST_SAMPLER 2>/dev/null || true' EXIT
+# GPU memory as the driver sees it (every process: FSDP actor, reference, vLLM) and the host's, once a second.
+bash scripts/gpu/sample_memory.sh "$OUT" &
+SAMPLER=$!
+trap 'kill $SAMPLER 2>/dev/null || true' EXIT
 overrides=(
   "trainer.total_training_steps=$STEPS"
   "trainer.val_before_train=False"
