@@ -114,11 +114,11 @@ def run_needle_stage(
 ) -> tuple[subprocess.CompletedProcess[str], Path]:
     """needle_grpo.sh's ``stage`` with ``fake`` as its ``PYTHON`` (REAL_PYTHON: the interpreter running the tests)."""
     python = tmp_path / "bin" / "python"
-    python.parent.mkdir()
+    python.parent.mkdir(parents=True)
     python.write_text(fake.replace("REAL_PYTHON", sys.executable))
     python.chmod(0o755)
     work = tmp_path / "work"
-    (work / "sft").mkdir(parents=True)
+    (work / "sft").mkdir(parents=True, exist_ok=True)
     env = script_env(
         PYTHON=str(python),
         WORK=str(work),
@@ -283,3 +283,40 @@ def test_realsize_train_stage_stops_a_run_that_ray_starved_of_host_memory(tmp_pa
     hung = int((work / "hung.pid").read_text())
     with pytest.raises(ProcessLookupError):  # the waiting trainer went with its process group
         os.kill(hung, 0)
+
+
+#: The interpreter itself, for stages that need no stand-in.
+PASS_THROUGH = '#!/usr/bin/env bash\nexec REAL_PYTHON "$@"\n'
+
+
+def test_needle_prepare_takes_a_carried_cold_start_and_regenerates_the_same_data(tmp_path: Path) -> None:
+    carried = tmp_path / "carried_sft"
+    carried.mkdir()
+    metrics = {"examples": 6, "first_epoch_loss": 2.0, "last_epoch_loss": 0.5, "seconds": 1.0}
+    (carried / "sft_metrics.json").write_text(json.dumps(metrics))
+    (carried / "model.safetensors").write_bytes(b"weights of an earlier machine")
+    sizes = {"TRAIN": "3", "VAL": "2", "READING": "2"}
+    runs = []
+    for attempt in ("first", "second"):
+        result, work = run_needle_stage(tmp_path / attempt, "prepare", PASS_THROUGH, SFT_FROM=str(carried), **sizes)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "SFT cold start taken from" in result.stdout and not (work / "sft.log").exists()
+        assert (work / "sft" / "model.safetensors").read_bytes() == b"weights of an earlier machine"
+        runs.append(work)
+    # Two machines' data are the same videos and rows once their paths agree (here WORK differs: compare the rest).
+    first, second = (sorted((work / "data" / "videos").iterdir()) for work in runs)
+    assert [path.read_bytes() for path in first] == [path.read_bytes() for path in second]
+    rows = [(work / "data" / "traces.jsonl").read_text().replace(str(work), "WORK") for work in runs]
+    assert rows[0] == rows[1]
+
+
+def test_needle_prepare_refuses_a_cold_start_without_its_metrics_or_inside_work(tmp_path: Path) -> None:
+    empty = tmp_path / "not_an_sft"
+    empty.mkdir()
+    small = {"TRAIN": "2", "VAL": "1", "READING": "1"}
+    result, _ = run_needle_stage(tmp_path / "a", "prepare", PASS_THROUGH, SFT_FROM=str(empty), **small)
+    assert result.returncode == 1 and f"SFT_FROM={empty} holds no sft_metrics.json" in result.stderr
+    inside = tmp_path / "b" / "work" / "sft"
+    inside.mkdir(parents=True)
+    result, _ = run_needle_stage(tmp_path / "b", "prepare", PASS_THROUGH, SFT_FROM=str(inside))
+    assert result.returncode == 1 and "lies in WORK, which prepare empties" in result.stderr

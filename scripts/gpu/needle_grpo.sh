@@ -53,6 +53,8 @@
 # at 1e-4 (attempt 2) the policy moved by a PPO KL of 1e-5..1e-4 per step with no clipping, too slowly for ~100 steps.
 # One update of the whole batch per step (attempt 3 made two of 4 questions): the tiny model's update is bound by
 # kernel launches per micro-batch, not by tokens, so this shortens a step and buys more steps in the device time.
+# SFT_FROM=DIR makes `prepare` take the cold start from DIR (an `sft` folder of an earlier needle_models.tgz)
+# instead of training one, so that seeds run on different machines share it.
 # PRINT_OVERRIDES=1 prints the `main` run's hydra overrides, one per line, and exits (the tests compose them).
 set -euo pipefail
 PY=${PYTHON:-python3}
@@ -250,17 +252,28 @@ curves() {
 }
 
 if has_stage prepare; then
+  if [ -n "${SFT_FROM:-}" ]; then
+    SFT_FROM=$(cd "$SFT_FROM" && pwd) || exit 1
+    case $SFT_FROM/ in "$WORK"/*) echo "SFT_FROM=$SFT_FROM lies in WORK, which prepare empties" >&2; exit 1 ;; esac
+  fi
   rm -rf "$WORK"
   mkdir -p "$WORK/runs"
   "$PY" -m sparse_video_r1.synthetic.tiny_model "$WORK/tiny"
   log "generating needle videos"
   "$PY" -m sparse_video_r1.synthetic.needle --out "$WORK/data" --train "${TRAIN:-512}" --val "${VAL:-128}" --seed "$SEED" \
     --traces "${TRACES:-1}" --reading "${READING:-256}" --dialogue "$DIALOGUE" > "$WORK/needle_data.json"
-  log "SFT cold start"
-  "$PY" -m sparse_video_r1.training.sft --dialogue "$DIALOGUE" train --model "$WORK/tiny" --traces "$WORK/data/traces.jsonl" \
-    --out "$WORK/sft" --epochs "${SFT_EPOCHS:-6}" --lr "${SFT_LR:-3e-4}" --seed "$SEED" --dtype float32 \
-    --max-grad-norm "${SFT_MAX_GRAD_NORM:-1.0}" \
-    > "$WORK/sft.log" 2>&1
+  if [ -n "${SFT_FROM:-}" ]; then
+    # Seeds spread over several machines share one cold start: the data regenerate identically from SEED (under
+    # the same WORK), the SFT model (not bit-reproducible on a GPU) comes from an earlier needle_models.tgz.
+    [ -f "$SFT_FROM/sft_metrics.json" ] || { echo "SFT_FROM=$SFT_FROM holds no sft_metrics.json" >&2; exit 1; }
+    log "SFT cold start taken from $SFT_FROM"
+    cp -r "$SFT_FROM" "$WORK/sft"
+  else
+    log "SFT cold start"
+    "$PY" -m sparse_video_r1.training.sft --dialogue "$DIALOGUE" train --model "$WORK/tiny" \
+      --traces "$WORK/data/traces.jsonl" --out "$WORK/sft" --epochs "${SFT_EPOCHS:-6}" --lr "${SFT_LR:-3e-4}" \
+      --seed "$SEED" --dtype float32 --max-grad-norm "${SFT_MAX_GRAD_NORM:-1.0}" > "$WORK/sft.log" 2>&1
+  fi
   cp "$WORK/sft/sft_metrics.json" "$OUT/"
   log "SFT done: $("$PY" -c 'import json, sys; m = json.load(open(sys.argv[1])); print({k: m[k] for k in ("examples", "first_epoch_loss", "last_epoch_loss", "seconds")})' "$WORK/sft/sft_metrics.json")"
 fi
