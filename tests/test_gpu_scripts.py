@@ -320,3 +320,48 @@ def test_needle_prepare_refuses_a_cold_start_without_its_metrics_or_inside_work(
     inside.mkdir(parents=True)
     result, _ = run_needle_stage(tmp_path / "b", "prepare", PASS_THROUGH, SFT_FROM=str(inside))
     assert result.returncode == 1 and "lies in WORK, which prepare empties" in result.stderr
+
+
+#: `-m verl.trainer.main_ppo` that runs out of host memory on its first start (and hangs, as verl did) and
+#: logs a step on its second, noting the actor's param_offload setting each time.
+FAKE_PYTHON_OOM_THEN_STEP = """#!/usr/bin/env bash
+if [ "$2" = verl.trainer.main_ppo ]; then
+  printf '%s\\n' "$@" | grep '^actor_rollout_ref.actor.fsdp_config.param_offload=' >> "$WORK/starts"
+  if [ "$(wc -l < "$WORK/starts")" = 1 ]; then
+    echo '(raylet) 3 Workers (tasks / actors) killed due to memory pressure (OOM)'
+    exec sleep 300
+  fi
+  echo '{"step": 1}' >> "$VERL_FILE_LOGGER_PATH"
+  exit 0
+fi
+exec REAL_PYTHON "$@"
+"""
+
+
+def test_realsize_session_retries_the_train_stage_with_retry_env_after_a_host_oom(tmp_path: Path) -> None:
+    python = tmp_path / "bin" / "python"
+    python.parent.mkdir()
+    python.write_text(FAKE_PYTHON_OOM_THEN_STEP.replace("REAL_PYTHON", sys.executable))
+    python.chmod(0o755)
+    work = tmp_path / "work"
+    (work / "data").mkdir(parents=True)
+    for split in ("train", "val"):
+        (work / "data" / f"{split}.parquet").touch()
+    env = script_env(
+        PYTHON=str(python), WORK=str(work), SESSION_STAGES="train", OOM_GRACE_S="1", PARAM_OFFLOAD="True",
+        RETRY_ENV="PARAM_OFFLOAD=False",
+    )  # fmt: skip
+    results = tmp_path / "results"
+    result = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "gpu" / "realsize_session.sh"), str(results), str(tmp_path)],
+        env=env, capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    starts = (work / "starts").read_text().split()
+    assert starts == [f"actor_rollout_ref.actor.fsdp_config.param_offload={flag}" for flag in ("True", "False")]
+    run = results / "run"
+    assert "killed due to memory pressure" in (run / "attempt1" / "grpo.log").read_text()
+    assert "killed due to memory pressure" not in (run / "grpo.log").read_text()
+    assert (run / "metrics.jsonl").read_text().strip() == '{"step": 1}'
+    with tarfile.open(results / "realsize.tgz") as packed:
+        assert {"run/attempt1/grpo.log", "run/grpo.log"} <= set(packed.getnames())
