@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,15 +56,20 @@ def test_five_field_samples_report_shared_memory(tmp_path: Path) -> None:
 
 
 def test_the_sampler_writes_host_samples_until_its_process_ends_and_notes_pressure_once(tmp_path: Path) -> None:
-    watched = subprocess.Popen(["sleep", "3"])
+    watched = subprocess.Popen(["sleep", "300"])
     sampler = subprocess.Popen(
         ["bash", str(ROOT / "scripts" / "gpu" / "sample_memory.sh"), str(tmp_path), str(watched.pid)],
         env={**os.environ, "PRESSURE_PERCENT": "101"},  # any host is "short" of 101 %: the note is written
     )
+    samples = tmp_path / "host_memory.csv"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (not samples.exists() or len(samples.read_text().splitlines()) < 2):
+        time.sleep(0.2)
+    watched.kill()
     watched.wait()  # reaped, so the sampler sees it gone
     assert sampler.wait(timeout=60) == 0
-    summary = summarize.host_memory(tmp_path / "host_memory.csv")
-    assert summary is not None and 2 <= summary["samples"] <= 5
+    summary = summarize.host_memory(samples)
+    assert summary is not None and summary["samples"] >= 2
     assert 0 < summary["peak_used_gib"] < summary["total_gib"] and "peak_shmem_gib" in summary
     note = (tmp_path / "host_pressure.txt").read_text()
     assert "RSS" in note and "/dev/shm" in note

@@ -255,17 +255,17 @@ if has_stage prepare; then
   if [ -n "${SFT_FROM:-}" ]; then
     SFT_FROM=$(cd "$SFT_FROM" && pwd) || exit 1
     case $SFT_FROM/ in "$WORK"/*) echo "SFT_FROM=$SFT_FROM lies in WORK, which prepare empties" >&2; exit 1 ;; esac
+    [ -f "$SFT_FROM/sft_metrics.json" ] || { echo "SFT_FROM=$SFT_FROM holds no sft_metrics.json" >&2; exit 1; }
   fi
   rm -rf "$WORK"
   mkdir -p "$WORK/runs"
-  "$PY" -m sparse_video_r1.synthetic.tiny_model "$WORK/tiny"
+  [ -n "${SFT_FROM:-}" ] || "$PY" -m sparse_video_r1.synthetic.tiny_model "$WORK/tiny"  # the base of the cold start
   log "generating needle videos"
   "$PY" -m sparse_video_r1.synthetic.needle --out "$WORK/data" --train "${TRAIN:-512}" --val "${VAL:-128}" --seed "$SEED" \
     --traces "${TRACES:-1}" --reading "${READING:-256}" --dialogue "$DIALOGUE" > "$WORK/needle_data.json"
   if [ -n "${SFT_FROM:-}" ]; then
     # Seeds spread over several machines share one cold start: the data regenerate identically from SEED (under
     # the same WORK), the SFT model (not bit-reproducible on a GPU) comes from an earlier needle_models.tgz.
-    [ -f "$SFT_FROM/sft_metrics.json" ] || { echo "SFT_FROM=$SFT_FROM holds no sft_metrics.json" >&2; exit 1; }
     log "SFT cold start taken from $SFT_FROM"
     cp -r "$SFT_FROM" "$WORK/sft"
   else
@@ -312,7 +312,7 @@ for arm in main:all_turns ablation:last_turn; do  # the single-arm stages: every
   done
 done
 { [ -n "$SAMPLER" ] && kill "$SAMPLER"; } 2>/dev/null || true  # before the report, whose `wait` is for its evaluations
-has_stage report || curves
+if ! has_stage report && compgen -G "$WORK/runs/*/" > /dev/null; then curves; fi
 
 if has_stage report; then
   evaluate() {  # evaluate NAME MODEL [evaluate flags...]: vLLM, greedy, the held-out split
