@@ -263,15 +263,22 @@ exec REAL_PYTHON "$@"
 """
 
 
-def test_realsize_train_stage_stops_a_run_that_ray_starved_of_host_memory(tmp_path: Path) -> None:
+def realsize_stand_in(tmp_path: Path, fake: str) -> tuple[Path, Path]:
+    """``fake`` as the interpreter (REAL_PYTHON: the one running the tests), and a WORK whose data train.sh
+    takes as already preprocessed: (interpreter, WORK)."""
     python = tmp_path / "bin" / "python"
     python.parent.mkdir()
-    python.write_text(FAKE_PYTHON_RAY_OOM.replace("REAL_PYTHON", sys.executable))
+    python.write_text(fake.replace("REAL_PYTHON", sys.executable))
     python.chmod(0o755)
     work = tmp_path / "work"
     (work / "data").mkdir(parents=True)
     for split in ("train", "val"):  # train.sh only preprocesses when these are missing
         (work / "data" / f"{split}.parquet").touch()
+    return python, work
+
+
+def test_realsize_train_stage_stops_a_run_that_ray_starved_of_host_memory(tmp_path: Path) -> None:
+    python, work = realsize_stand_in(tmp_path, FAKE_PYTHON_RAY_OOM)
     env = script_env(PYTHON=str(python), WORK=str(work), STAGES="train", OOM_GRACE_S="1", DEVICE="cpu")
     result = subprocess.run(
         ["bash", str(ROOT / "scripts" / "gpu" / "train_realsize.sh"), str(tmp_path / "out"), str(tmp_path)],
@@ -339,14 +346,7 @@ exec REAL_PYTHON "$@"
 
 
 def test_realsize_session_retries_the_train_stage_with_retry_env_after_a_host_oom(tmp_path: Path) -> None:
-    python = tmp_path / "bin" / "python"
-    python.parent.mkdir()
-    python.write_text(FAKE_PYTHON_OOM_THEN_STEP.replace("REAL_PYTHON", sys.executable))
-    python.chmod(0o755)
-    work = tmp_path / "work"
-    (work / "data").mkdir(parents=True)
-    for split in ("train", "val"):
-        (work / "data" / f"{split}.parquet").touch()
+    python, work = realsize_stand_in(tmp_path, FAKE_PYTHON_OOM_THEN_STEP)
     env = script_env(
         PYTHON=str(python), WORK=str(work), SESSION_STAGES="train", OOM_GRACE_S="1", PARAM_OFFLOAD="True",
         RETRY_ENV="PARAM_OFFLOAD=False",
