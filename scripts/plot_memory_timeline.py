@@ -20,6 +20,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from summarize_grpo_run import gpu_memory, gpu_samples, host_memory, host_samples
 
 #: vLLM's log prefix up to the time of day (group 1), and the marks taken from grpo.log: label -> pattern.
 VLLM = r"\d\d-\d\d (\d\d:\d\d:\d\d) \[abstract\.py:\d+\] It took [0-9.]+ seconds to "
@@ -36,24 +37,14 @@ def seconds_of_day(clock: str) -> int:
 
 
 def gpu_series(path: Path) -> list[tuple[int, float]]:
-    """(second of day, GiB used) from ``nvidia-smi --query-gpu=timestamp,memory.used,... --format=csv,nounits``."""
-    rows = []
-    for line in path.read_text().splitlines()[1:]:
-        fields = [field.strip() for field in line.split(",")]
-        if len(fields) >= 2 and fields[1].isdigit():
-            rows.append((seconds_of_day(fields[0].split()[1].split(".")[0]), int(fields[1]) / 1024))
-    return rows
+    """(second of day, GiB used) of the nvidia-smi samples."""
+    return [(seconds_of_day(stamp.split()[1].split(".")[0]), used / 1024) for stamp, used, _ in gpu_samples(path)]
 
 
 def host_series(path: Path) -> list[tuple[int, float]]:
-    """(second of day, GiB used) from ``epoch_s,used_mib,available_mib,total_mib[,shmem_mib]`` lines (UTC)."""
-    rows = []
-    for line in path.read_text().splitlines():
-        fields = line.split(",")
-        if len(fields) in (4, 5) and all(field.isdigit() for field in fields):
-            moment = dt.datetime.fromtimestamp(int(fields[0]), dt.timezone.utc)
-            rows.append((moment.hour * 3600 + moment.minute * 60 + moment.second, int(fields[1]) / 1024))
-    return rows
+    """(second of day, GiB used) of the host samples (epoch seconds, UTC, as the host logs)."""
+    moments = [(dt.datetime.fromtimestamp(row[0], dt.timezone.utc), row[1]) for row in host_samples(path)]
+    return [(moment.hour * 3600 + moment.minute * 60 + moment.second, used / 1024) for moment, used in moments]
 
 
 def events(log: Path) -> list[tuple[str, int]]:
@@ -67,12 +58,11 @@ def events(log: Path) -> list[tuple[str, int]]:
 
 
 def peaks(run: Path) -> dict[str, float | None]:
-    """Largest GPU and host use, in GiB (what the run's README quotes)."""
-    gpu = gpu_series(run / "gpu_memory.csv") if (run / "gpu_memory.csv").is_file() else []
-    host = host_series(run / "host_memory.csv") if (run / "host_memory.csv").is_file() else []
+    """Largest GPU and host use, in GiB (what the run's README quotes), as summarize_grpo_run.py computes them."""
+    gpu, host = gpu_memory(run / "gpu_memory.csv"), host_memory(run / "host_memory.csv")
     return {
-        "gpu_peak_used_gib": max((used for _, used in gpu), default=None),
-        "host_peak_used_gib": max((used for _, used in host), default=None),
+        "gpu_peak_used_gib": gpu["peak_used_gib"] if gpu else None,
+        "host_peak_used_gib": host["peak_used_gib"] if host else None,
     }
 
 

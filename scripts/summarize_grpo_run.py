@@ -4,8 +4,9 @@ Reads what verl itself wrote: the file logger's metrics (``trainer.logger=[...,f
 step) and the per-step rollout dumps (``trainer.rollout_data_dir``), whose per-sample fields come from
 our reward function (accuracy, frames_used, assistant_turns, requested_frames). GPU memory is the FSDP
 actor's peak from torch's allocator; vLLM's share is fixed by ``rollout.gpu_memory_utilization``. Where the run
-script sampled them, ``gpu_memory.csv`` (nvidia-smi) and ``host_memory.csv`` (``free -m``) give the whole
-device's and the host's peaks: at 7B on one GPU the host's RAM, where offloaded states live, is the limit.
+script sampled them (scripts/gpu/sample_memory.sh), ``gpu_memory.csv`` (nvidia-smi) and ``host_memory.csv``
+(``/proc/meminfo``) give the whole device's and the host's peaks: at 7B on one GPU the host's RAM, where offloaded
+states live, is the limit.
 
     python scripts/summarize_grpo_run.py --run OUT_DIR [--out OUT_DIR/summary.json]
 """
@@ -74,30 +75,42 @@ def vllm_memory(*logs: Path) -> dict[str, float | None]:
     return found
 
 
-def gpu_memory(csv_path: Path) -> dict[str, float] | None:
-    """Peak and total of ``nvidia-smi --query-gpu=timestamp,memory.used,memory.total,...`` samples (MiB)."""
-    if not csv_path.is_file():
-        return None
-    used, total = [], []
+def gpu_samples(csv_path: Path) -> list[tuple[str, int, int]]:
+    """(timestamp, used MiB, total MiB) of ``nvidia-smi --query-gpu=timestamp,memory.used,memory.total,...`` lines."""
+    samples = []
     for line in csv_path.read_text().splitlines()[1:]:
         fields = [field.strip() for field in line.split(",")]
         if len(fields) >= 3 and fields[1].isdigit():
-            used.append(int(fields[1]))
-            total.append(int(fields[2]))
-    if not used:
-        return None
-    return {"samples": len(used), "peak_used_gib": max(used) / 1024, "total_gib": max(total) / 1024}
+            samples.append((fields[0], int(fields[1]), int(fields[2])))
+    return samples
 
 
-def host_memory(csv_path: Path) -> dict[str, float] | None:
-    """Peaks of ``epoch_s,used_mib,available_mib,total_mib[,shmem_mib]`` samples (used = total - available)."""
-    if not csv_path.is_file():
-        return None
-    rows = []
+def host_samples(csv_path: Path) -> list[list[int]]:
+    """``epoch_s,used_mib,available_mib,total_mib[,shmem_mib]`` lines of scripts/gpu/sample_memory.sh
+    (used = total - available; the first 7B attempt's file predates the Shmem column)."""
+    samples = []
     for line in csv_path.read_text().splitlines():
         fields = line.split(",")
         if len(fields) in (4, 5) and all(field.strip().isdigit() for field in fields):
-            rows.append([int(field) for field in fields])
+            samples.append([int(field) for field in fields])
+    return samples
+
+
+def gpu_memory(csv_path: Path) -> dict[str, float] | None:
+    """Peak and total of the nvidia-smi samples, in GiB."""
+    samples = gpu_samples(csv_path) if csv_path.is_file() else []
+    if not samples:
+        return None
+    return {
+        "samples": len(samples),
+        "peak_used_gib": max(used for _, used, _ in samples) / 1024,
+        "total_gib": max(total for _, _, total in samples) / 1024,
+    }
+
+
+def host_memory(csv_path: Path) -> dict[str, float] | None:
+    """Peak used, least available and total host memory (and peak Shmem where sampled), in GiB."""
+    rows = host_samples(csv_path) if csv_path.is_file() else []
     if not rows:
         return None
     summary = {
