@@ -109,14 +109,20 @@ exec REAL_PYTHON "$@"
 """
 
 
-def run_needle_stage(
-    tmp_path: Path, stage: str, fake: str, deadline_s: int = 200, timeout_s: int = 120, **extra: str
-) -> tuple[subprocess.CompletedProcess[str], Path]:
-    """needle_grpo.sh's ``stage`` with ``fake`` as its ``PYTHON`` (REAL_PYTHON: the interpreter running the tests)."""
+def stand_in_python(tmp_path: Path, fake: str) -> Path:
+    """``fake`` written as TMP/bin/python, REAL_PYTHON in it standing for the interpreter running the tests."""
     python = tmp_path / "bin" / "python"
     python.parent.mkdir(parents=True)
     python.write_text(fake.replace("REAL_PYTHON", sys.executable))
     python.chmod(0o755)
+    return python
+
+
+def run_needle_stage(
+    tmp_path: Path, stage: str, fake: str, deadline_s: int = 200, timeout_s: int = 120, **extra: str
+) -> tuple[subprocess.CompletedProcess[str], Path]:
+    """needle_grpo.sh's ``stage`` with ``fake`` as its ``PYTHON`` (REAL_PYTHON: the interpreter running the tests)."""
+    python = stand_in_python(tmp_path, fake)
     work = tmp_path / "work"
     (work / "sft").mkdir(parents=True, exist_ok=True)
     env = script_env(
@@ -266,10 +272,7 @@ exec REAL_PYTHON "$@"
 def realsize_stand_in(tmp_path: Path, fake: str) -> tuple[Path, Path]:
     """``fake`` as the interpreter (REAL_PYTHON: the one running the tests), and a WORK whose data train.sh
     takes as already preprocessed: (interpreter, WORK)."""
-    python = tmp_path / "bin" / "python"
-    python.parent.mkdir()
-    python.write_text(fake.replace("REAL_PYTHON", sys.executable))
-    python.chmod(0o755)
+    python = stand_in_python(tmp_path, fake)
     work = tmp_path / "work"
     (work / "data").mkdir(parents=True)
     for split in ("train", "val"):  # train.sh only preprocesses when these are missing
