@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The needle models of a GPU attempt, re-evaluated on CPU on a larger fresh held-out set: the GPU report stage
 # scores 128 videos (one standard error of a 10 % hit rate is ~2.7 points); this scores VAL (512) new ones, drawn
-# by the same generator with another seed. Adaptive dialogues only, greedy, transformers backend (~25 min on 2 cores).
+# by the same generator with another seed. Adaptive dialogues only, greedy, transformers backend (~8 min a model on
+# 2 cores): the SFT model and every RL run in the archive (bfloat16 RL models are widened to float32 without loss).
 #
 #   bash scripts/needle_heldout_cpu.sh docs/results/needle/attempt4/needle_models.tgz OUT_DIR
+#   (an archive that came back in parts: cat needle_models.tgz.part* > needle_models.tgz first)
 #
 # Writes OUT_DIR/{needle_table.md,needle_table.json,settings.json}. Knobs: WORK (/tmp/svr1_heldout), VAL (512), SEED (7).
 set -euo pipefail
@@ -20,7 +22,8 @@ tar xzf "$MODELS" -C "$WORK/models"
 "$PY" -m sparse_video_r1.synthetic.needle --out "$WORK/data" --train 0 --val "$VAL" --seed "$SEED" --traces 0 --reading 0 \
   --dialogue "$DIALOGUE" > "$WORK/needle_data.json"
 evals=()
-for name in sft main ablation; do
+runs=$(cd "$WORK/models" && for model in runs/*/hf_model; do if [ -d "$model" ]; then basename "$(dirname "$model")"; fi; done)
+for name in sft $runs; do
   model=$WORK/models/sft
   [ "$name" = sft ] || model=$WORK/models/runs/$name/hf_model
   "$PY" -m sparse_video_r1.tools.evaluate --backend transformers --device cpu --model "$model" \
@@ -33,7 +36,7 @@ done
 import json, sys
 from pathlib import Path
 out, work, models, val, seed = sys.argv[1:]
-steps = {run: Path(work, "models/runs", run, "hf_model_step.txt").read_text().strip() for run in ("main", "ablation")}
+steps = {step.parent.name: step.read_text().strip() for step in sorted(Path(work, "models/runs").glob("*/hf_model_step.txt"))}
 settings = {
     "command": f"bash scripts/needle_heldout_cpu.sh {models} OUT",
     "held_out": {"videos": int(val), "seed": int(seed), "generator": "python -m sparse_video_r1.synthetic.needle --train 0"},

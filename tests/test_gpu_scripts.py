@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -230,7 +231,9 @@ for method in methods:
 """
 
 
-def test_needle_train_then_report_evaluates_every_run_on_a_fresh_test_set_and_tables_the_seeds(tmp_path: Path) -> None:
+def test_needle_train_then_report_evaluates_every_run_on_a_fresh_test_set_and_tables_the_seeds(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
     fake_evaluate = tmp_path / "fake_evaluate.py"
     fake_evaluate.write_text(FAKE_EVALUATE)
     evaluate = f'if [ "$2" = sparse_video_r1.tools.evaluate ]; then exec REAL_PYTHON {fake_evaluate} "$@"; fi\n'
@@ -238,13 +241,28 @@ def test_needle_train_then_report_evaluates_every_run_on_a_fresh_test_set_and_ta
     work = tmp_path / "work"
     for name in ("main", "ablation", "main_s1", "ablation_s1"):
         (work / "runs" / name / "hf_model").mkdir(parents=True)
-    extra = {"RL_SEEDS": "0 1", "TEST_VIDEOS": "6", "TEST_SEED": "1000"}
+    for step in range(1, 31):  # verl's rollout dumps: steps 1, 25 and the last (30) come back
+        (work / "runs" / "main" / "rollouts").mkdir(parents=True, exist_ok=True)
+        (work / "runs" / "main" / "rollouts" / f"{step}.jsonl").write_text("{}\n")
+    shutil.copytree(tiny_model_dir, work / "runs" / "main_s1" / "hf_model", dirs_exist_ok=True)
+    (work / "runs" / "main_s1" / "hf_model_step.txt").write_text("40\n")
+    extra = {"RL_SEEDS": "0 1", "TEST_VIDEOS": "6", "TEST_SEED": "1000", "MODELS_PART_MB": "1"}
     result, _ = run_needle_stage(tmp_path, "train,report", fake, deadline_s=800, timeout_s=300, **extra)  # 200 s a run
     assert result.returncode == 0, result.stdout + result.stderr
     assert len((work / "runs.log").read_text().splitlines()) == 8  # four runs began and ended, then the report
     out = tmp_path / "out"
     with tarfile.open(out / "needle_runs.tgz") as packed:  # the train stage's memory samples come back
         assert any(name.startswith("memory/") and name.endswith("host_memory.csv") for name in packed.getnames())
+        dumps = {name for name in packed.getnames() if name.startswith("runs/main/rollouts/")}
+        assert dumps == {f"runs/main/rollouts/{step}.jsonl" for step in (1, 25, 30)}
+    parts = sorted(out.glob("needle_models.tgz.part*"))  # 2.5 MB of model in parts of 1 MiB, each one $OUT file
+    assert len(parts) >= 2 and all(part.stat().st_size <= 1 << 20 for part in parts)
+    assert not (out / "needle_models.tgz").exists()
+    (tmp_path / "joined.tgz").write_bytes(b"".join(part.read_bytes() for part in parts))
+    with tarfile.open(tmp_path / "joined.tgz") as packed:
+        names = set(packed.getnames())
+        assert {"sft", "runs/main_s1/hf_model/config.json", "runs/main_s1/hf_model_step.txt"} <= names
+        assert json.load(packed.extractfile("runs/main_s1/hf_model/config.json"))["dtype"] == "bfloat16"
     test_set = json.loads((work / "test_data.json").read_text())
     assert test_set["seed"] == 1000 and test_set["val"]["videos"] == 6 and test_set["train"]["videos"] == 0
     table = json.loads((out / "needle_table.json").read_text())

@@ -319,6 +319,8 @@ def test_gpu_script_overrides_compose_into_the_needle_runs_config(tmp_path: Path
     assert cfg.actor_rollout_ref.rollout.engine_kwargs.vllm.kv_cache_memory_bytes == 4 << 30
     assert cfg.actor_rollout_ref.rollout.limit_images == needle.DIALOGUE.dialogue.max_total_frames
     assert cfg.algorithm.rollout_correction.bypass_mode and cfg.algorithm.rollout_correction.rollout_is is None
+    # vLLM stays awake (runs side by side failed its sleep check); one pass over each step's batch by default.
+    assert cfg.actor_rollout_ref.rollout.free_cache_engine is False and cfg.actor_rollout_ref.actor.ppo_epochs == 1
     # The legacy trainer logs the dialogue metrics (timing_s/dialogue/...) through this manager.
     manager = load_class_from_fqn(cfg.actor_rollout_ref.rollout.agent.agent_loop_manager_class, "AgentLoopManager")
     assert manager is DialogueMetricsAgentLoopManager and not cfg.trainer.use_v1

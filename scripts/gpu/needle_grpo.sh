@@ -26,7 +26,7 @@
 #             then the table.
 # Every call ends by writing the curves of what the runs have done so far (OUT_DIR/needle_curves.{png,json}),
 # OUT_DIR/needle_runs.tgz (logs, metrics, dumps, evaluations, memory samples of each train stage:
-# scripts/gpu/sample_memory.sh) and OUT_DIR/needle_models.tgz (HF models).
+# scripts/gpu/sample_memory.sh) and OUT_DIR/needle_models.tgz (HF models; in 15 MiB parts when larger).
 #
 # The runs are time-bounded and resumable: each is stopped at DEADLINE_S seconds after this script started
 # (less PACK_S for packing up) and continues from its last checkpoint when `train` is called again, until
@@ -41,9 +41,15 @@
 # update_actor when all 64 dialogues of a step had the same length: verl issue #6073, tests/test_verl_known_bugs.py).
 # Both runs take the old log-probs from the rollout (verl's algorithm.rollout_correction.bypass_mode, PPO-clip
 # against the vLLM policy): the FSDP recomputation was a quarter of a step and matched vLLM's to 2e-5 KL.
+# vLLM stays awake between rollouts (rollout.free_cache_engine=False): the tiny model's engine needs no room freed
+# for the update, and vLLM checks its sleep by the GPU's memory as a whole, so with runs side by side the others'
+# allocations failed one run's sleep ("Memory usage increased after sleeping", attempt 5). verl still clears vLLM's
+# prefix, multimodal and encoder caches after every weight update (vllm_rollout.update_weights -> clear_kv_cache).
 # Knobs: STEPS (150), DEADLINE_S (570), PACK_S (40), SAVE_EVERY (10), VAL_EVERY (0: held-out accuracy comes
 # from the report stage), START_S (480), STALL_S (150), POLL_S (10) and MAX_RESTARTS (3) for the watchdog,
-# BATCH (8 questions per step), N (8 rollouts each), MINI_BATCH (8 questions per update: one update per step), LR (3e-4), GPU_UTIL (0.25 per run),
+# BATCH (8 questions per step), N (8 rollouts each), MINI_BATCH (8 questions per update: one update per step),
+# PPO_EPOCHS (1: passes over each step's batch; BATCH / MINI_BATCH x PPO_EPOCHS optimizer steps a GRPO step), LR (3e-4),
+# GPU_UTIL (0.25 per run),
 # PROXIMITY (0.5: the weight of sparse_video_r1.synthetic.needle's shaping term for where a dialogue looked; 0 = accuracy alone),
 # KV_CACHE_GB (4 per run), TRAIN (512), VAL (128), TRACES (1 per train video),
 # READING (256 cold-start videos whose opening frames show the card), SFT_EPOCHS (6), SFT_LR (3e-4), SEED (0),
@@ -76,6 +82,7 @@ POLL_S=${POLL_S:-10}
 BATCH=${BATCH:-8}
 N=${N:-8}
 MINI_BATCH=${MINI_BATCH:-8}
+PPO_EPOCHS=${PPO_EPOCHS:-1}
 LR=${LR:-3e-4}
 PROXIMITY=${PROXIMITY:-0.5}
 GPU_UTIL=${GPU_UTIL:-0.25}
@@ -115,6 +122,7 @@ overrides() {  # overrides RUN_NAME LOSS_ON RL_SEED
     "actor_rollout_ref.actor.use_kl_loss=False" \
     "algorithm.rollout_correction.bypass_mode=True" \
     "actor_rollout_ref.actor.ppo_mini_batch_size=$MINI_BATCH" \
+    "actor_rollout_ref.actor.ppo_epochs=$PPO_EPOCHS" \
     "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=$((MINI_BATCH * N))" \
     "actor_rollout_ref.actor.checkpoint.save_contents=[model,optimizer,extra,hf_model]" \
     "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=$((BATCH * N))" \
@@ -122,6 +130,7 @@ overrides() {  # overrides RUN_NAME LOSS_ON RL_SEED
     "actor_rollout_ref.rollout.gpu_memory_utilization=$GPU_UTIL" \
     "+actor_rollout_ref.rollout.engine_kwargs.vllm.kv_cache_memory_bytes=$((KV_CACHE_GB << 30))" \
     "actor_rollout_ref.rollout.enforce_eager=True" \
+    "actor_rollout_ref.rollout.free_cache_engine=False" \
     "actor_rollout_ref.rollout.n=$N" \
     "actor_rollout_ref.rollout.prompt_length=$PROMPT_LENGTH" \
     "actor_rollout_ref.rollout.response_length=$RESPONSE_LENGTH" \
@@ -341,20 +350,43 @@ if has_stage report; then
   "$PY" scripts/plot_needle_curves.py --val "$WORK/test/val.parquet" --out "$OUT" "${evals[@]}" \
     || log "table failed"
 fi
-# What comes back (at most 8 files of 16 MiB): the curves and table above, sft_metrics.json and two archives.
-# needle_runs.tgz: logs, verl metrics, validation dumps, evaluations and the rollout dumps of step 1, every 25th
-# and the last step (the curves hold every step's means); needle_models.tgz: the SFT and both RL models (HF).
+# What comes back (at most 8 files of 16 MiB): the curves and table above, sft_metrics.json and two archives,
+# the models first (a failure in packing the logs must not cost them, as it did in attempt 5).
+# needle_models.tgz: the SFT cold start in float32 (later seeds start from it: SFT_FROM) and each RL model in bfloat16,
+# the weights vLLM evaluated (scripts/model_bf16.py), at half the bytes; in parts of MODELS_PART_MB (15) when larger.
+rm -rf "$WORK/pack_models" "$OUT"/needle_models.tgz*
+mkdir -p "$WORK/pack_models/runs"
+cp -r "$WORK/sft" "$WORK/pack_models/sft"
+for model in "$WORK"/runs/*/hf_model; do
+  [ -d "$model" ] || continue
+  run=$(basename "$(dirname "$model")")
+  "$PY" scripts/model_bf16.py "$model" "$WORK/pack_models/runs/$run/hf_model" > /dev/null \
+    || log "$run: no bfloat16 copy of its model"
+  cp "$WORK/runs/$run/hf_model_step.txt" "$WORK/pack_models/runs/$run/" 2>/dev/null || true
+done
+tar czf "$WORK/needle_models.tgz" -C "$WORK/pack_models" sft runs
+if [ "$(stat -c %s "$WORK/needle_models.tgz")" -le $((${MODELS_PART_MB:-15} << 20)) ]; then
+  cp "$WORK/needle_models.tgz" "$OUT/"
+else
+  split -b "${MODELS_PART_MB:-15}M" -d -a 1 "$WORK/needle_models.tgz" "$OUT/needle_models.tgz.part"
+  log "needle_models.tgz in parts: cat needle_models.tgz.part* > needle_models.tgz"
+fi
+# needle_runs.tgz: logs, verl metrics, validation dumps, evaluations, memory samples and the rollout dumps of step 1,
+# every 25th and the last step (the curves hold every step's means). In attempt 5 tar could not stat two of the listed
+# dumps (each run's last; cause not found) and its error stopped the script: a file it cannot read is now skipped.
 (
   cd "$WORK"
-  find runs eval memory needle_data.json test_data.json sft.log -type f ! -path '*/rollouts/*' ! -path '*/hf_model/*' \
+  find runs eval memory needle_data.json test_data.json sft.log train_stage.log -type f ! -path '*/rollouts/*' ! -path '*/hf_model/*' \
     2>/dev/null || true
   for run in runs/*/rollouts; do
     [ -d "$run" ] || continue
-    last=$(find "$run" -name '*.jsonl' -printf '%f\n' | sort -n | tail -n 1)
-    find "$run" -name '*.jsonl' -printf '%f\n' | awk -v last="$last" -v dir="$run" \
-      '{ step = $0; sub(/\.jsonl$/, "", step); if (step == 1 || step % 25 == 0 || $0 == last) print dir "/" $0 }'
+    find "$run" -maxdepth 1 -type f -name '*.jsonl' | "$PY" -c '
+import sys
+from pathlib import Path
+dumps = sorted((int(Path(p).stem), p) for p in sys.stdin.read().split() if Path(p).stem.isdigit())
+last = dumps[-1][0] if dumps else None
+print("\n".join(p for step, p in dumps if step == 1 or step % 25 == 0 or step == last))'
   done
 ) > "$WORK/pack.txt"
-tar czf "$OUT/needle_runs.tgz" -C "$WORK" -T "$WORK/pack.txt"
-tar czf "$OUT/needle_models.tgz" -C "$WORK" sft $(cd "$WORK" && ls -d runs/*/hf_model runs/*/hf_model_step.txt 2>/dev/null)
+tar czf "$OUT/needle_runs.tgz" --ignore-failed-read -C "$WORK" -T "$WORK/pack.txt" || log "needle_runs.tgz: tar reported errors"
 log "done: $(cd "$OUT" && du -h -- * | tr '\t\n' ': ')"

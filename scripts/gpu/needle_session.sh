@@ -50,7 +50,7 @@ case $PHASE in
   report)
     cd "$REPO"
     bash scripts/gpu/detached.sh needle "${WAIT_S:-300}"
-    cp /tmp/detached/needle/log "$OUT/train_stage.log" 2>/dev/null || true
+    cp /tmp/detached/needle/log "$WORK/train_stage.log" 2>/dev/null || true  # packed into needle_runs.tgz
     STAGE=report DEADLINE_S=${REPORT_S:-200} PACK_S=${PACK_S:-25} bash scripts/gpu/needle_grpo.sh "$OUT"
     ;;
   *)
