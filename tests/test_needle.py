@@ -326,6 +326,40 @@ def test_gpu_script_overrides_compose_into_the_needle_runs_config(tmp_path: Path
     assert manager is DialogueMetricsAgentLoopManager and not cfg.trainer.use_v1
 
 
+@pytest.mark.parametrize("mini_batch,ppo_epochs,updates", [("8", "1", 1), ("1", "1", 8), ("2", "4", 16)])
+def test_needle_runs_with_more_updates_a_step_pass_verls_launch_validation(
+    tmp_path: Path, mini_batch: str, ppo_epochs: str, updates: int
+) -> None:
+    """Attempt 5 made one Adam step per GRPO step (135 a run, against 4,608 for the informed SFT that learned the cue):
+    the next attempt's knobs must make a config verl launches, with BATCH / MINI_BATCH x PPO_EPOCHS updates a step."""
+    from verl.trainer.main_ppo import need_critic, need_reference_policy
+    from verl.utils.config import validate_config
+
+    printed = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "gpu" / "needle_grpo.sh"), str(tmp_path)],
+        env=script_env(PRINT_OVERRIDES="1", MINI_BATCH=mini_batch, PPO_EPOCHS=ppo_epochs),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base=None):
+        cfg = compose(config_name="sparse_video_grpo", overrides=printed)
+    actor = cfg.actor_rollout_ref.actor
+    assert cfg.data.train_batch_size // actor.ppo_mini_batch_size * actor.ppo_epochs == updates
+    validate_config(cfg, use_reference_policy=need_reference_policy(cfg), use_critic=need_critic(cfg))
+
+
+def test_a_mini_batch_that_does_not_divide_the_batch_is_refused_by_name(tmp_path: Path) -> None:
+    """verl's validate_config accepts MINI_BATCH=3 with BATCH=8 (checked); the script refuses it before any work."""
+    result = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "gpu" / "needle_grpo.sh"), str(tmp_path)],
+        env=script_env(PRINT_OVERRIDES="1", MINI_BATCH="3"),
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2 and "MINI_BATCH=3 must divide BATCH=8" in result.stderr
+
+
 # ---------------------------------------------------------------------------------------------------
 # Curves and table (scripts/plot_needle_curves.py)
 

@@ -47,7 +47,7 @@
 # prefix, multimodal and encoder caches after every weight update (vllm_rollout.update_weights -> clear_kv_cache).
 # Knobs: STEPS (150), DEADLINE_S (570), PACK_S (40), SAVE_EVERY (10), VAL_EVERY (0: held-out accuracy comes
 # from the report stage), START_S (480), STALL_S (150), POLL_S (10) and MAX_RESTARTS (3) for the watchdog,
-# BATCH (8 questions per step), N (8 rollouts each), MINI_BATCH (8 questions per update: one update per step),
+# BATCH (8 questions per step), N (8 rollouts each), MINI_BATCH (8 questions per update, a divisor of BATCH: one update a step),
 # PPO_EPOCHS (1: passes over each step's batch; BATCH / MINI_BATCH x PPO_EPOCHS optimizer steps a GRPO step), LR (3e-4),
 # GPU_UTIL (0.25 per run),
 # PROXIMITY (0.5: the weight of sparse_video_r1.synthetic.needle's shaping term for where a dialogue looked; 0 = accuracy alone),
@@ -93,6 +93,10 @@ PARALLEL=${PARALLEL:-0}
 PROMPT_LENGTH=${PROMPT_LENGTH:-768}
 RESPONSE_LENGTH=${RESPONSE_LENGTH:-384}
 DEADLINE=$((${DEADLINE_AT:-$((STARTED + DEADLINE_S))} - PACK_S))
+if [ $((BATCH % MINI_BATCH)) != 0 ]; then  # verl's validate_config lets this through and the run fails later
+  echo "MINI_BATCH=$MINI_BATCH must divide BATCH=$BATCH: each step's batch is split into mini-batches" >&2
+  exit 2
+fi
 export RAY_AUTH_MODE=disabled VLLM_USE_FLASHINFER_SAMPLER=0 PYTHONUNBUFFERED=1
 source scripts/needle_dialogue.sh  # DIALOGUE, DIALOGUE_OVERRIDES, EVAL_DIALOGUE
 # (evaluate sizes the prompt itself: uniform_32 needs a longer one than training does).
