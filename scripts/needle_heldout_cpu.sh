@@ -4,8 +4,10 @@
 # by the same generator with another seed. Adaptive dialogues only, greedy, transformers backend (~8 min a model on
 # 2 cores): the SFT model and every RL run in the archive (bfloat16 RL models are widened to float32 without loss).
 #
-#   bash scripts/needle_heldout_cpu.sh docs/results/needle/attempt4/needle_models.tgz OUT_DIR
+#   bash scripts/needle_heldout_cpu.sh needle_models.tgz OUT_DIR
 #   (an archive that came back in parts: cat needle_models.tgz.part* > needle_models.tgz first)
+# The videos come from today's generator: models trained on another cue (attempt 4's grey level) are re-checked from
+# their own commit (git worktree add /tmp/a4 0f6e590), where the generator drew that cue.
 #
 # Writes OUT_DIR/{needle_table.md,needle_table.json,settings.json}. Knobs: WORK (/tmp/svr1_heldout), VAL (512), SEED (7).
 set -euo pipefail
