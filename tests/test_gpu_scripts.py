@@ -241,9 +241,12 @@ def test_needle_train_then_report_evaluates_every_run_on_a_fresh_test_set_and_ta
     work = tmp_path / "work"
     for name in ("main", "ablation", "main_s1", "ablation_s1"):
         (work / "runs" / name / "hf_model").mkdir(parents=True)
-    for step in range(1, 31):  # verl's rollout dumps: steps 1, 25 and the last (30) come back
-        (work / "runs" / "main" / "rollouts").mkdir(parents=True, exist_ok=True)
-        (work / "runs" / "main" / "rollouts" / f"{step}.jsonl").write_text("{}\n")
+    dumps = work / "runs" / "main" / "rollouts"
+    (dumps / "dialogues").mkdir(parents=True)
+    for step in range(1, 31):  # steps 1, 25 and the last come back; the dialogue records one step further, as in
+        (dumps / f"{step}.jsonl").write_text("{}\n")  # attempt 5, where the deadline stopped verl before its dump
+        (dumps / "dialogues" / f"{step}.jsonl").write_text("{}\n")
+    (dumps / "dialogues" / "31.jsonl").write_text("{}\n")
     shutil.copytree(tiny_model_dir, work / "runs" / "main_s1" / "hf_model", dirs_exist_ok=True)
     (work / "runs" / "main_s1" / "hf_model_step.txt").write_text("40\n")
     extra = {"RL_SEEDS": "0 1", "TEST_VIDEOS": "6", "TEST_SEED": "1000", "MODELS_PART_MB": "1"}
@@ -253,8 +256,10 @@ def test_needle_train_then_report_evaluates_every_run_on_a_fresh_test_set_and_ta
     out = tmp_path / "out"
     with tarfile.open(out / "needle_runs.tgz") as packed:  # the train stage's memory samples come back
         assert any(name.startswith("memory/") and name.endswith("host_memory.csv") for name in packed.getnames())
-        dumps = {name for name in packed.getnames() if name.startswith("runs/main/rollouts/")}
-        assert dumps == {f"runs/main/rollouts/{step}.jsonl" for step in (1, 25, 30)}
+        packed_dumps = {name for name in packed.getnames() if name.startswith("runs/main/rollouts/")}
+        assert packed_dumps == {f"runs/main/rollouts/{step}.jsonl" for step in (1, 25, 30)} | {
+            f"runs/main/rollouts/dialogues/{step}.jsonl" for step in (1, 25, 31)
+        }
     parts = sorted(out.glob("needle_models.tgz.part*"))  # 2.5 MB of model in parts of 1 MiB, each one $OUT file
     assert len(parts) >= 2 and all(part.stat().st_size <= 1 << 20 for part in parts)
     assert not (out / "needle_models.tgz").exists()

@@ -376,15 +376,17 @@ else
   log "needle_models.tgz in parts: cat needle_models.tgz.part* > needle_models.tgz"
 fi
 # needle_runs.tgz: logs, verl metrics, validation dumps, evaluations, memory samples and the rollout dumps of step 1,
-# every 25th and the last step (the curves hold every step's means). In attempt 5 tar could not stat two of the listed
-# dumps (each run's last; cause not found) and its error stopped the script: a file it cannot read is now skipped.
+# every 25th and the last step, verl's (rollouts/) and the dialogue records (rollouts/dialogues/) alike; the curves hold
+# every step's means. Each folder is listed on its own: attempt 5 took the last step from both folders at once and
+# asked tar for rollouts/136.jsonl, which only dialogues/ had (the deadline stopped verl before its own dump), and
+# tar's error stopped the script. A file tar cannot read is now skipped as well.
 (
   cd "$WORK"
   find runs eval memory needle_data.json test_data.json sft.log train_stage.log -type f ! -path '*/rollouts/*' ! -path '*/hf_model/*' \
     2>/dev/null || true
-  for run in runs/*/rollouts; do
-    [ -d "$run" ] || continue
-    find "$run" -maxdepth 1 -type f -name '*.jsonl' | "$PY" -c '
+  for dumps in runs/*/rollouts runs/*/rollouts/dialogues; do
+    [ -d "$dumps" ] || continue
+    find "$dumps" -maxdepth 1 -type f -name '*.jsonl' | "$PY" -c '
 import sys
 from pathlib import Path
 dumps = sorted((int(Path(p).stem), p) for p in sys.stdin.read().split() if Path(p).stem.isdigit())
